@@ -1,0 +1,5 @@
+import sys
+
+from raveval.cli import main
+
+sys.exit(main())

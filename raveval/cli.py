@@ -1,0 +1,94 @@
+"""`raveval run | list | report`. Heavy packages load only inside the commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _split(args: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG] [key=value ...]: the first word without '=' names the config."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_run(ns) -> int:
+    from raveval.config import ConfigError, load_config
+
+    config, overrides = _split(ns.args)
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        print(f"raveval: {e}", file=sys.stderr)
+        return 2
+    from raveval import pipeline
+
+    if ns.dry_run:
+        from raveval.store import Store
+
+        plan = pipeline.make_plan(cfg)
+        print(pipeline.describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
+        return 1 if any(d.error for d in plan.datasets) else 0
+
+    from raveval.report import markdown
+
+    try:
+        result = pipeline.run(cfg)
+    finally:
+        pipeline.shutdown(cfg)
+    print()
+    print(markdown(result.summary, subjects=ns.subjects))
+    s = result.stats
+    if s.get("rows"):
+        print(f"{s['rows']} rows in {s['wall_s']:.1f}s (start-up {s['startup_s']:.1f}s); {s['reused']} reused from {cfg.work_dir}")
+    else:
+        print(f"all {s['reused']} rows reused from {cfg.work_dir}")
+    print("results: " + ", ".join(str(f) for f in result.files))
+    for reason in result.failed:
+        print(f"raveval: FAILED: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def cmd_list(ns) -> int:
+    from raveval.config import list_configs
+
+    found = list_configs(ns.words)
+    for kind, names in found.items():
+        if names:
+            print(f"{kind}:")
+            print("".join(f"  {n}\n" for n in names), end="")
+    return 0 if any(found.values()) else 1
+
+
+def cmd_report(ns) -> int:
+    path = Path(ns.work_dir) / "summary.md"
+    if not path.is_file():
+        print(f"raveval: no summary at {path}", file=sys.stderr)
+        return 1
+    print(path.read_text(), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="raveval", description="Ray-native evaluation of large language models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run an evaluation", description=(
+        "Run CONFIG (a .yaml path or a config name under conf/; default: the demo) with key=value overrides, "
+        "e.g. `raveval run demo datasets.demo_gsm8k_gen.limit=4 model.replicas=2`."))
+    r.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]")
+    r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
+    r.add_argument("--no-subjects", dest="subjects", action="store_false", help="leave per-subject rows out of the printed table")
+    r.set_defaults(fn=cmd_run)
+    ls = sub.add_parser("list", help="list model, dataset and run configs matching all WORDs")
+    ls.add_argument("words", nargs="*")
+    ls.set_defaults(fn=cmd_list)
+    rep = sub.add_parser("report", help="print the summary of a finished run")
+    rep.add_argument("work_dir")
+    rep.set_defaults(fn=cmd_report)
+    ns = p.parse_args(argv)
+    return ns.fn(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Config composition (Hydra compose API), validation and saving.
+
+A run config is a YAML file with a Hydra defaults list that picks one
+`model` and a list of `datasets` from the config groups in `conf/`, plus
+`key=value` overrides from the command line. The composed dict is validated
+against `schema.RunConfig`; an error names the key and the file (or override)
+it came from, before any work starts.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+from pydantic import ValidationError
+
+from raveval.schema import RunConfig
+
+PACKAGE_CONF = Path(__file__).parent / "conf"
+PACKAGE_ROOT = Path(__file__).parent
+DEFAULT_CONFIG = "demo"
+GROUPS = ("model", "datasets")
+SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and its source."""
+
+
+def _pkg_path(rel: str = "") -> str:
+    return str((PACKAGE_ROOT / rel).resolve())
+
+
+# `${pkg:demo_data/gsm8k/test.jsonl}` points into the installed package.
+if not OmegaConf.has_resolver("pkg"):
+    OmegaConf.register_new_resolver("pkg", _pkg_path)
+
+
+def search_dirs() -> list[Path]:
+    """Config folders, first match wins: ./conf of the user, then the package's."""
+    user = Path.cwd() / "conf"
+    return [d for d in (user, PACKAGE_CONF) if d.is_dir()]
+
+
+def _locate(config: str) -> tuple[Path, str]:
+    """Return (primary config folder, config name) for a path or a name."""
+    p = Path(config)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        return p.resolve().parent, p.stem
+    for d in search_dirs():
+        if (d / f"{config}.yaml").is_file():
+            return d, config
+    names = ", ".join(sorted(list_configs("")["run"]))
+    raise ConfigError(f"no run config named {config!r} (have: {names}); or pass a path to a .yaml file")
+
+
+def compose(config: str | None = None, overrides: list[str] = ()) -> tuple[dict, dict]:
+    """Compose a run config with Hydra. Returns (plain dict, provenance info)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    primary_dir, name = _locate(config or DEFAULT_CONFIG)
+    extra = [d for d in search_dirs() if d != primary_dir]
+    search = [f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra)}]"] if extra else []
+    # Plain `key=value` sets a value whether or not the YAML has the key (`++`):
+    # the schema, not Hydra, rejects unknown keys, with the override named.
+    forced = [o if o[0] in "+~" or o.split("=", 1)[0] in GROUPS else "++" + o for o in overrides]
+    try:
+        with initialize_config_dir(config_dir=str(primary_dir), version_base=None, job_name="raveval"):
+            cfg = hydra_compose(config_name=name, overrides=[*search, *forced], return_hydra_config=True)
+            choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+            data = OmegaConf.to_container(cfg, resolve=False)
+            data.pop("hydra")
+            data = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"config {primary_dir / (name + '.yaml')}: {e}") from None
+    sources = {"primary": primary_dir / f"{name}.yaml", "choices": choices, "overrides": list(overrides)}
+    return data, sources
+
+
+def _group_file(group: str, option: str) -> Path | None:
+    for d in search_dirs():
+        f = d / group / f"{option}.yaml"
+        if f.is_file():
+            return f
+    return None
+
+
+def _dataset_file(name: str) -> Path | None:
+    """The datasets/*.yaml that defines `name` (by convention, datasets/<name>.yaml)."""
+    found = _group_file("datasets", name)
+    if found:
+        return found
+    for d in search_dirs():
+        for f in sorted((d / "datasets").glob("*.yaml")):
+            if name in (yaml.safe_load(f.read_text()) or {}):
+                return f
+    return None
+
+
+def _has_path(node, path: tuple) -> bool:
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def source_of(path: tuple, sources: dict) -> str:
+    """Where the value at `path` was set: an override, a group file, or the primary file."""
+    dotted = ".".join(str(p) for p in path)
+    for o in reversed(sources["overrides"]):
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in GROUPS:  # a group choice, not a value
+            continue
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            return f"command-line override {o!r}"
+    choices = sources["choices"]
+    candidates: list[tuple[Path, tuple]] = []
+    if path and path[0] == "model" and choices.get("model"):
+        candidates.append((_group_file("model", choices["model"]), path[1:]))
+    if len(path) > 1 and path[0] == "datasets":
+        # Hydra records no choice for a list, so find the file that defines this dataset.
+        candidates.append((_dataset_file(str(path[1])), path[1:]))
+    candidates.append((sources["primary"], path))
+    for f, sub in candidates:
+        if f is None:
+            continue
+        raw = yaml.safe_load(f.read_text()) or {}
+        raw.pop("defaults", None)
+        if _has_path(raw, sub):
+            return str(f)
+    # Missing keys live nowhere: blame the group file that should hold them.
+    for f, _ in candidates:
+        if f is not None:
+            return str(f)
+    return str(sources["primary"])
+
+
+def validate(data: dict, sources: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {key}: {msg} (from {source_of(loc, sources)})")
+        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+
+
+def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    data, sources = compose(config, overrides)
+    return validate(data, sources)
+
+
+def redact(node):
+    """Copy of a config dict with every secret-looking value replaced."""
+    if isinstance(node, dict):
+        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [redact(v) for v in node]
+    return node
+
+
+def save_config(cfg: RunConfig, work_dir: Path) -> Path:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "config.yaml"
+    data = redact(json.loads(cfg.model_dump_json()))
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def list_configs(words: str | list[str]) -> dict[str, list[str]]:
+    """Model, dataset and run config names matching all the words (case-insensitive)."""
+    words = [w.lower() for w in ([words] if isinstance(words, str) else words) if w]
+    found: dict[str, set[str]] = {"model": set(), "datasets": set(), "run": set()}
+    for d in search_dirs():
+        for kind in GROUPS:
+            found[kind] |= {f.stem for f in (d / kind).glob("*.yaml")}
+        found["run"] |= {f.stem for f in d.glob("*.yaml") if f.stem != "base"}
+    return {k: sorted(n for n in v if all(w in n.lower() for w in words)) for k, v in found.items()}

@@ -1,0 +1,265 @@
+"""Builds and runs one evaluation: datasets -> prompts -> one Ray Data stream
+through the model's Serve deployment -> per-row Parquet -> summary.
+
+Every dataset of the model goes through the same stream, so the engine stays
+busy and the model is loaded once per replica for the whole run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from raveval import prompts
+from raveval.config import save_config
+from raveval.metrics import score_row
+from raveval.schema import DatasetConfig, ModelConfig, RunConfig
+from raveval.store import Store, row_key
+
+# Columns the Serve replica needs from each request row.
+REQUEST_FIELDS = ["mode", "chat", "prompt", "continuations", "params"]
+RESULT_SCHEMA = pa.schema([
+    ("prediction", pa.string()),       # generated text, or the picked letter in ll mode
+    ("logprobs", pa.list_(pa.float64())),  # ll mode: one score per choice
+    ("answer_pred", pa.string()),      # extracted answer
+    ("correct", pa.bool_()),
+    ("error", pa.string()),
+    ("latency_s", pa.float64()),
+    ("prompt_tokens", pa.int64()),
+    ("output_tokens", pa.int64()),
+])
+
+
+@dataclass
+class DatasetPlan:
+    name: str
+    cfg: DatasetConfig
+    requests: list[dict] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None  # why it cannot be evaluated at all
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    model_id: dict
+    datasets: list[DatasetPlan]
+
+    @property
+    def requests(self) -> list[dict]:
+        return [r for d in self.datasets for r in d.requests]
+
+
+def model_identity(m: ModelConfig) -> dict:
+    """What makes two models' outputs differ (not replicas or batch size)."""
+    return {"name": m.name, "engine": m.engine, "path": m.path, "dtype": m.dtype,
+            "max_model_len": m.max_model_len, "engine_args": m.engine_args}
+
+
+def _gen_params(d: DatasetConfig) -> str:
+    g = d.generation
+    return json.dumps({"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+                       "top_k": g.top_k, "stop": list(g.stop), "seed": g.seed}, sort_keys=True)
+
+
+def build_requests(name: str, d: DatasetConfig, loaded, model: ModelConfig, model_id: dict) -> list[dict]:
+    chat = d.prompt.format == "chat"
+    params = _gen_params(d) if d.mode == "gen" else ""
+    out = []
+    for row in loaded.rows:
+        if d.mode == "ll" and not row["choices"]:
+            raise prompts.PromptError(f"dataset {name}: row {row['row_id']!r} has no choices, so it cannot run in ll mode")
+        shots = prompts.pick_shots(d, loaded.fewshot, row)
+        text, is_chat = prompts.encode_prompt(prompts.build_prompt(name, d, row, shots))
+        conts = prompts.continuations(row, chat) if d.mode == "ll" else []
+        out.append({
+            "key": row_key(model_id, name, row["row_id"], text, conts, params, d.mode),
+            "model": model.name, "dataset": name, "subject": row["subject"], "row_id": row["row_id"],
+            "mode": d.mode, "chat": is_chat, "prompt": text, "continuations": conts, "params": params,
+            "choices": list(row["choices"]), "gold": row["gold"], "answer": d.answer,
+        })
+    return out
+
+
+def make_plan(cfg: RunConfig) -> Plan:
+    """Load every dataset and build its request rows; a failure marks that dataset only."""
+    from raveval.datasets import load_dataset
+
+    model_id = model_identity(cfg.model)
+    plans = []
+    for name, d in cfg.datasets.items():
+        p = DatasetPlan(name, d)
+        try:
+            prompts.check(name, d)
+            loaded = load_dataset(name, d)
+            p.groups = loaded.groups
+            p.requests = build_requests(name, d, loaded, cfg.model, model_id)
+            if not p.requests:
+                p.error = f"dataset {name}: no rows to evaluate (check path, subjects and limit)"
+        except (ValueError, OSError) as e:
+            p.error = str(e)
+        plans.append(p)
+    return Plan(cfg, model_id, plans)
+
+
+def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
+    """The plan in words: what --dry-run prints."""
+    m = plan.cfg.model
+    res = f"num_cpus={m.num_cpus}, num_gpus={m.num_gpus}"
+    lines = [
+        f"model {m.name}: engine={m.engine} path={m.path} dtype={m.dtype} batch_size={m.batch_size}",
+        f"  replicas: {m.replicas} x ({res})",
+        f"  callers: {plan.cfg.callers} x {plan.cfg.calls_per_caller} calls in flight, {plan.cfg.batch_rows} rows per call (num_cpus=0)",
+        f"work_dir: {plan.cfg.work_dir}   ray: {plan.cfg.ray_address}",
+        "datasets:",
+    ]
+    for d in plan.datasets:
+        if d.error:
+            lines.append(f"  {d.name}: CANNOT RUN: {d.error}")
+            continue
+        done = sum(r["key"] in finished for r in d.requests)
+        subjects = len({r['subject'] for r in d.requests})
+        lines.append(f"  {d.name}: {d.cfg.loader} mode={d.cfg.mode} format={d.cfg.prompt.format} k_shot={d.cfg.prompt.k_shot} "
+                     f"rows={len(d.requests)} subjects={subjects} finished={done}")
+    total = len(plan.requests)
+    todo = sum(r["key"] not in finished for r in plan.requests)
+    lines.append(f"total rows: {total}, to run: {todo}")
+    return "\n".join(lines)
+
+
+class ServeCaller:
+    """Ray Data stage: one Serve call per batch; takes no CPU (it only waits)."""
+
+    def __init__(self, app: str):
+        from ray import serve
+
+        self.handle = serve.get_deployment_handle("model", app)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        reqs = batch.select(REQUEST_FIELDS).to_pylist()
+        try:
+            results = await self.handle.run_batch.remote(reqs)
+        except Exception as e:  # replica lost: the rows become error rows, a re-run retries them
+            err = f"{type(e).__name__}: {e}"
+            results = [{"error": err} for _ in reqs]
+        return add_results(batch, results)
+
+
+def add_results(batch: pa.Table, results: list[dict]) -> pa.Table:
+    """Score each row and append the result columns."""
+    cols = {f.name: [] for f in RESULT_SCHEMA}
+    meta = batch.select(["mode", "answer", "gold", "choices"]).to_pylist()
+    for m, r in zip(meta, results):
+        err = r.get("error")
+        text, logprobs = r.get("text"), r.get("logprobs")
+        pred, correct = (None, None) if err else score_row(m["mode"], m["answer"], m["gold"], len(m["choices"]), text, logprobs)
+        cols["prediction"].append(None if err else (pred if m["mode"] == "ll" else text))
+        cols["logprobs"].append(logprobs)
+        cols["answer_pred"].append(pred)
+        cols["correct"].append(correct)
+        cols["error"].append(err)
+        cols["latency_s"].append(r.get("latency_s"))
+        cols["prompt_tokens"].append(r.get("prompt_tokens"))
+        cols["output_tokens"].append(r.get("output_tokens"))
+    for f in RESULT_SCHEMA:
+        batch = batch.append_column(f, pa.array(cols[f.name], type=f.type))
+    return batch
+
+
+def init_ray(address: str, temp_dir: str | None = None) -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir)
+        serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+    else:
+        ray.init(address=address)
+
+
+def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dict:
+    """Run the request rows through the model and write each finished batch."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from raveval.serve import app_name, deploy
+
+    t0 = time.perf_counter()
+    init_ray(cfg.ray_address)
+    max_ongoing = cfg.callers * cfg.calls_per_caller * 2
+    deploy(cfg.model, max_ongoing)
+    t_ready = time.perf_counter()
+    log(f"model {cfg.model.name} ready in {t_ready - t0:.1f}s; streaming {len(requests)} rows")
+
+    table = pa.Table.from_pylist(requests)
+    n_blocks = max(1, min(math.ceil(len(requests) / cfg.batch_rows), 2000))
+    step = math.ceil(len(requests) / n_blocks)
+    blocks = [table.slice(i, step) for i in range(0, len(requests), step)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        ServeCaller,
+        fn_constructor_kwargs={"app": app_name(cfg.model)},
+        batch_size=cfg.batch_rows,
+        batch_format="pyarrow",
+        num_cpus=0,
+        compute=ActorPoolStrategy(size=cfg.callers, max_concurrent_calls_per_actor=cfg.calls_per_caller),
+    )
+    first_row = None
+    written = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if first_row is None:
+            first_row = time.perf_counter()
+        store.write_part(batch)
+        written += batch.num_rows
+    t_end = time.perf_counter()
+    return {"rows": written, "startup_s": (first_row or t_end) - t0, "ready_s": t_ready - t0,
+            "stream_s": t_end - t_ready, "wall_s": t_end - t0}
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    summary: pa.Table
+    failed: list[str]  # datasets that could not be evaluated at all, with the reason
+    stats: dict
+    files: list[Path]
+
+
+def run(cfg: RunConfig, log=print) -> RunResult:
+    """The whole evaluation: plan, stream what is not finished yet, summarize."""
+    from raveval.report import markdown, summarize
+
+    work = Path(cfg.work_dir)
+    save_config(cfg, work)
+    store = Store(work)
+    plan = make_plan(cfg)
+    finished = store.finished_keys() if cfg.resume else set()
+    todo = [r for r in plan.requests if r["key"] not in finished]
+    log(describe(plan, finished))
+    stats = {"rows": 0, "reused": len(plan.requests) - len(todo)}
+    if todo:
+        stats.update(stream(cfg, todo, store, log))
+    summary, failed = summarize(plan, store.read())
+    files = store.write_summary(summary, markdown(summary))
+    return RunResult(plan, summary, failed, stats, files)
+
+
+def shutdown(cfg: RunConfig) -> None:
+    """Stop what this run started: the local Ray, or only our app on a shared cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    if cfg.ray_address == "local":
+        ray.shutdown()
+    else:
+        from ray import serve
+
+        from raveval.serve import app_name
+
+        serve.delete(app_name(cfg.model))

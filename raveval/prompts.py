@@ -1,0 +1,125 @@
+"""Prompt building: templates, fixed k-shot examples, plain and chat formats.
+
+Each dataset row becomes one request row. Like OpenCompass's PPL and Gen
+inferencers there are two modes: `ll` scores each choice as a continuation of
+the prompt; `gen` lets the model answer and extracts the answer afterwards.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from raveval.schema import DatasetConfig
+
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class Family:
+    header: str
+    template: str
+    shot_answer: str
+
+
+CHOICE_QA = Family(
+    header="The following are multiple choice questions (with answers) about {subject_name}.\n\n",
+    template="{question}\n{choices}\nAnswer:",
+    shot_answer=" {gold}",
+)
+# C-Eval's own prompt (as in OpenCompass's ceval configs), in Chinese.
+CEVAL = Family(
+    header="以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。\n\n",
+    template="{question}\n{choices}\n答案:",
+    shot_answer=" {gold}",
+)
+MATH_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {explanation}\n#### {gold}")
+OPEN_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {gold}")
+
+FAMILIES = {"mmlu": CHOICE_QA, "ceval": CEVAL, "gsm8k": MATH_QA}
+
+
+class PromptError(ValueError):
+    pass
+
+
+def family_of(cfg: DatasetConfig) -> Family:
+    if cfg.loader in FAMILIES:
+        return FAMILIES[cfg.loader]
+    return CHOICE_QA if cfg.mode == "ll" or cfg.answer == "choice" else OPEN_QA
+
+
+def _fields(row: dict) -> dict:
+    choices = list(row.get("choices") or [])
+    subject = row.get("subject") or ""
+    fields = {
+        **{k: v for k, v in row.items() if isinstance(v, str)},
+        "subject": subject,
+        "subject_name": subject.replace("_", " ") or "general knowledge",
+        "choices": "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
+        "explanation": row.get("explanation") or "",
+    }
+    fields.update({LETTERS[i]: c for i, c in enumerate(choices)})
+    return fields
+
+
+def _fill(template: str, row: dict, where: str) -> str:
+    try:
+        return template.format(**_fields(row))
+    except (KeyError, IndexError) as e:
+        raise PromptError(f"{where}: template {template!r} uses {e} which row {row.get('row_id')!r} lacks") from None
+
+
+def continuations(row: dict, chat: bool) -> list[str]:
+    """The choice letters the `ll` mode scores; a space before each in plain text."""
+    sep = "" if chat else " "
+    return [sep + LETTERS[i] for i in range(len(row.get("choices") or []))]
+
+
+def build_prompt(name: str, cfg: DatasetConfig, row: dict, shots: list[dict]) -> str | list[dict]:
+    """The prompt of one row: a string (plain) or a list of chat messages."""
+    fam = family_of(cfg)
+    p = cfg.prompt
+    template = p.template or fam.template
+    header = fam.header if p.header is None else p.header
+    shot_answer = p.shot_answer or fam.shot_answer
+    where = f"dataset {name}"
+    question = _fill(template, row, where)
+    header = _fill(header, row, where) if header else ""
+    shot_pairs = [(_fill(template, s, where), _fill(shot_answer, s, where)) for s in shots]
+    if p.format == "plain":
+        text = header + "".join(q + a + "\n\n" for q, a in shot_pairs) + question
+        return (p.system + "\n\n" + text) if p.system else text
+    # Chat: shots as earlier rounds (as OpenCompass does), header in the first user turn.
+    messages = [{"role": "system", "content": p.system}] if p.system else []
+    turns = shot_pairs + [(question, None)]
+    for i, (q, a) in enumerate(turns):
+        messages.append({"role": "user", "content": (header if i == 0 else "") + q})
+        if a is not None:
+            messages.append({"role": "assistant", "content": a.strip()})
+    return messages
+
+
+def pick_shots(cfg: DatasetConfig, fewshot: dict[str, list[dict]], row: dict) -> list[dict]:
+    """Fixed k-shot: the first k examples of the row's subject (OpenCompass FixKRetriever)."""
+    k = cfg.prompt.k_shot
+    if k == 0:
+        return []
+    pool = fewshot.get(row.get("subject") or "", fewshot.get("", []))
+    return pool[:k]
+
+
+def check(name: str, cfg: DatasetConfig) -> None:
+    """Config-time checks that need no data."""
+    if cfg.prompt.k_shot and not cfg.fewshot_path:
+        raise PromptError(f"dataset {name}: prompt.k_shot={cfg.prompt.k_shot} needs fewshot_path (the dev/train split)")
+
+
+def encode_prompt(prompt: str | list[dict]) -> tuple[str, bool]:
+    """Arrow-friendly form: (text, is_chat); chat messages as JSON."""
+    if isinstance(prompt, str):
+        return prompt, False
+    return json.dumps(prompt, ensure_ascii=False), True
+
+
+def decode_prompt(text: str, chat: bool) -> str | list[dict]:
+    return json.loads(text) if chat else text

@@ -1,0 +1,118 @@
+"""Config composition, overrides, validation messages, redaction, listing."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import yaml
+
+from raveval.config import PACKAGE_CONF, ConfigError, list_configs, load_config, redact, save_config
+
+
+def test_demo_composes_model_and_datasets():
+    cfg = load_config()
+    assert cfg.model.path == "builtin:tiny-llama"
+    assert list(cfg.datasets) == ["demo_mmlu_ll", "demo_ceval_gen", "demo_gsm8k_gen"]
+    assert cfg.datasets["demo_mmlu_ll"].mode == "ll"
+    # ${pkg:...} resolves into the installed package.
+    assert cfg.datasets["demo_mmlu_ll"].path == str((PACKAGE_CONF.parent / "demo_data/mmlu/test").resolve())
+
+
+def test_overrides_set_values_and_swap_groups():
+    cfg = load_config("demo", ["datasets=[gsm8k_gen]", "data_root=/d", "datasets.gsm8k_gen.limit=5", "model.replicas=2"])
+    assert list(cfg.datasets) == ["gsm8k_gen"]
+    assert cfg.datasets["gsm8k_gen"].path == "/d/gsm8k/test.jsonl"
+    assert cfg.datasets["gsm8k_gen"].limit == 5
+    assert cfg.model.replicas == 2
+
+
+@pytest.mark.parametrize("override, key, why", [
+    ("model.batchsize=3", "model.batchsize", "unknown key"),
+    ("datasets.demo_mmlu_ll.mode=foo", "datasets.demo_mmlu_ll.mode", "'ll' or 'gen'"),
+    ("model.replicas=two", "model.replicas", "valid integer"),
+    ("calls_per_caller=0", "calls_per_caller", "greater than or equal to 1"),
+])
+def test_bad_override_names_key_and_override(override, key, why):
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", [override])
+    msg = str(e.value)
+    assert key in msg and why in msg and f"command-line override '{override}'" in msg
+
+
+def test_unknown_group_option_is_named():
+    with pytest.raises(ConfigError, match="model/nope"):
+        load_config("demo", ["model=nope"])
+
+
+@pytest.fixture
+def user_conf(tmp_path, monkeypatch):
+    """A user's ./conf beside the package configs, as a project checkout would have."""
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "datasets").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return conf
+
+
+def test_typo_in_a_group_file_names_that_file(user_conf):
+    (user_conf / "model" / "typo.yaml").write_text("name: m\npath: /m\nnum_gpu: 1\n")
+    (user_conf / "mine.yaml").write_text("defaults:\n  - base\n  - model: typo\n  - datasets: [demo_gsm8k_gen]\n  - _self_\n")
+    with pytest.raises(ConfigError) as e:
+        load_config("mine")
+    msg = str(e.value)
+    assert "model.num_gpu: unknown key" in msg and str(user_conf / "model" / "typo.yaml") in msg
+
+
+def test_missing_required_value_names_key(user_conf):
+    (user_conf / "model" / "nopath.yaml").write_text("name: m\n")
+    cfg_file = user_conf.parent / "run.yaml"
+    cfg_file.write_text("defaults:\n  - base\n  - model: nopath\n  - datasets: [demo_gsm8k_gen]\n  - _self_\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(cfg_file))
+    assert "model.path: Field required" in str(e.value)
+    assert "nopath.yaml" in str(e.value)
+
+
+def test_typo_in_a_dataset_file_names_that_file(user_conf):
+    (user_conf / "datasets" / "bad.yaml").write_text(textwrap.dedent("""\
+        bad:
+          loader: gsm8k
+          path: x.jsonl
+          mode: gen
+          generation:
+            max_tokens: 3
+        """))
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", ["datasets=[bad]"])
+    assert "datasets.bad.generation.max_tokens: unknown key" in str(e.value)
+    assert str(user_conf / "datasets" / "bad.yaml") in str(e.value)
+
+
+def test_config_path_outside_conf_uses_package_groups(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("defaults:\n  - base\n  - model: tiny_hf\n  - datasets: [demo_gsm8k_gen]\n  - _self_\nwork_dir: out/x\n")
+    cfg = load_config(str(f), ["datasets.demo_gsm8k_gen.limit=2"])
+    assert cfg.work_dir == "out/x" and cfg.datasets["demo_gsm8k_gen"].limit == 2
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_saved_config_has_secrets_redacted(tmp_path):
+    cfg = load_config("demo", ["model.engine_args={api_key: sk-123, hf_token: abc, revision: main}"])
+    path = save_config(cfg, tmp_path)
+    text = path.read_text()
+    assert "sk-123" not in text and "abc" not in text
+    saved = yaml.safe_load(text)
+    assert saved["model"]["engine_args"] == {"api_key": "***", "hf_token": "***", "revision": "main"}
+    assert redact({"a": [{"password": "p"}], "token_env": ""}) == {"a": [{"password": "***"}], "token_env": ""}
+
+
+def test_list_matches_all_words():
+    found = list_configs(["mmlu", "ll"])
+    assert "mmlu_ll" in found["datasets"] and "mmlu_csv_5shot_ll" in found["datasets"]
+    assert "gsm8k_gen" not in found["datasets"] and "mmlu_gen" not in found["datasets"]
+    assert list_configs(["tiny"])["model"] == ["tiny_hf"]
+    assert "base" not in list_configs([])["run"]
