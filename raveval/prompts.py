@@ -7,7 +7,9 @@ the prompt; `gen` lets the model answer and extracts the answer afterwards.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from raveval.datasets.categories import CEVAL_CHINESE_NAMES
 
 from raveval.schema import DatasetConfig
 
@@ -19,6 +21,8 @@ class Family:
     header: str
     template: str
     shot_answer: str
+    # Display names of subjects for {subject_name}; others read "high school physics".
+    subject_names: dict = field(default_factory=dict)
 
 
 CHOICE_QA = Family(
@@ -31,6 +35,7 @@ CEVAL = Family(
     header="以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。\n\n",
     template="{question}\n{choices}\n答案:",
     shot_answer=" {gold}",
+    subject_names=CEVAL_CHINESE_NAMES,
 )
 MATH_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {explanation}\n#### {gold}")
 OPEN_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {gold}")
@@ -48,13 +53,13 @@ def family_of(cfg: DatasetConfig) -> Family:
     return CHOICE_QA if cfg.mode == "ll" or cfg.answer == "choice" else OPEN_QA
 
 
-def _fields(row: dict) -> dict:
+def _fields(row: dict, names: dict[str, str]) -> dict:
     choices = list(row.get("choices") or [])
     subject = row.get("subject") or ""
     fields = {
         **{k: v for k, v in row.items() if isinstance(v, str)},
         "subject": subject,
-        "subject_name": subject.replace("_", " ") or "general knowledge",
+        "subject_name": names.get(subject) or subject.replace("_", " ") or "general knowledge",
         "choices": "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
         "explanation": row.get("explanation") or "",
     }
@@ -62,9 +67,9 @@ def _fields(row: dict) -> dict:
     return fields
 
 
-def _fill(template: str, row: dict, where: str) -> str:
+def _fill(template: str, row: dict, where: str, names: dict) -> str:
     try:
-        return template.format(**_fields(row))
+        return template.format(**_fields(row, names))
     except (KeyError, IndexError) as e:
         raise PromptError(f"{where}: template {template!r} uses {e} which row {row.get('row_id')!r} lacks") from None
 
@@ -83,9 +88,10 @@ def build_prompt(name: str, cfg: DatasetConfig, row: dict, shots: list[dict]) ->
     header = fam.header if p.header is None else p.header
     shot_answer = p.shot_answer or fam.shot_answer
     where = f"dataset {name}"
-    question = _fill(template, row, where)
-    header = _fill(header, row, where) if header else ""
-    shot_pairs = [(_fill(template, s, where), _fill(shot_answer, s, where)) for s in shots]
+    fill = lambda t, r: _fill(t, r, where, fam.subject_names)  # noqa: E731
+    question = fill(template, row)
+    header = fill(header, row) if header else ""
+    shot_pairs = [(fill(template, s), fill(shot_answer, s)) for s in shots]
     if p.format == "plain":
         text = header + "".join(q + a + "\n\n" for q, a in shot_pairs) + question
         return (p.system + "\n\n" + text) if p.system else text

@@ -49,7 +49,7 @@ def test_gsm8k_shots_show_reasoning_then_answer():
 
 def test_ceval_uses_its_chinese_prompt():
     p = prompts.build_prompt("c", cfg(loader="ceval"), ROW, [])
-    assert p.startswith("以下是中国关于high school physics考试的单项选择题") and p.endswith("答案:")
+    assert p.startswith("以下是中国关于高中物理考试的单项选择题") and p.endswith("答案:")
 
 
 def test_custom_template_and_missing_field_error():

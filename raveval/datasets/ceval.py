@@ -1,0 +1,42 @@
+"""C-Eval in the OpenCompass layout: `formal_ceval/{dev,val,test}/{subject}_{split}.csv`
+with a header `id,question,A,B,C,D,answer[,explanation]`. The test split has no labels,
+so its gold is "". Few-shot (dev) rows also carry `explanation`."""
+from __future__ import annotations
+
+from raveval.schema import DatasetConfig
+
+from .categories import CEVAL_CATEGORIES
+from .common import DatasetError, Parsed, existing, letter, make_row, read_csv, split_files
+
+COLUMNS = ("question", "A", "B", "C", "D", "answer")
+
+
+def _read(path_str: str, splits: tuple[str, ...], what: str, shots: bool = False) -> list[dict]:
+    split, files = split_files(existing(path_str, f"ceval {what}"), splits, "ceval")
+    rows = []
+    for subject, f in sorted(files.items()):
+        records = read_csv(f)
+        header = next(records, (1, []))[1]
+        col = {name.strip(): i for i, name in enumerate(header)}
+        missing = [c for c in COLUMNS if c not in col and not (c == "answer" and split == "test")]
+        if missing:
+            raise DatasetError(f"{f}: header lacks column(s) {missing} (got {header})")
+        for idx, (line, cells) in enumerate(records):
+            cells = cells + [""] * (len(header) - len(cells))
+            choices = [cells[col[k]] for k in "ABCD"]
+            answer = cells[col["answer"]] if "answer" in col else ""
+            gold = letter(answer, f, f"line {line}", 4, allow_empty=(split == "test"))
+            row = make_row(subject, f"{subject}/{idx}", cells[col["question"]], choices, gold)
+            if shots:  # dev rows: the explanation column, for chain-of-thought shots
+                row["explanation"] = cells[col["explanation"]] if "explanation" in col else ""
+            rows.append(row)
+    return rows
+
+
+def load(cfg: DatasetConfig) -> Parsed:
+    rows = _read(cfg.path, ("val", "test", "dev"), "path")
+    fewshot: dict[str, list[dict]] = {}
+    if cfg.fewshot_path:
+        for r in _read(cfg.fewshot_path, ("dev",), "fewshot_path", shots=True):
+            fewshot.setdefault(r["subject"], []).append(r)
+    return Parsed(rows, fewshot, CEVAL_CATEGORIES)
