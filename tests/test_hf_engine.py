@@ -1,0 +1,251 @@
+"""HFEngine on the real tiny model: generation, log-likelihood, micro-batching."""
+import asyncio
+import math
+
+import pytest
+
+from raveval.engines import build_engine
+from raveval.engines.base import GenParams
+from raveval.engines.batcher import MicroBatcher
+from raveval.engines.hf import HFEngine
+from raveval.engines.tiny_model import build_tiny_model
+from raveval.schema import ModelConfig
+
+PROMPTS = [
+    "Question: What is 2 + 3? Answer:",
+    "The capital of France is",
+    "中国的首都是",
+    "Let x = 4. Then 2x + 1 =",
+    "A",
+    "Once upon a time there was a little girl who lived in a village near the forest.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("cache"))
+
+
+def _engine(path, **kw) -> HFEngine:
+    cfg = dict(name="tiny", path=str(path), batch_size=8, num_cpus=2, device="cpu")
+    return HFEngine(ModelConfig(**(cfg | kw)))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    e = _engine(tiny_dir)
+    yield e
+    e.batcher.close()
+
+
+def _manual_ll(engine, ctx_ids, cont_ids):
+    """Sum of continuation log-probs from one forward of the full sequence."""
+    import torch
+
+    ids = torch.tensor([ctx_ids + cont_ids])
+    with torch.inference_mode():
+        lp = torch.log_softmax(engine.model(input_ids=ids).logits[0].float(), -1)
+    n = len(ctx_ids)
+    return sum(lp[n - 1 + k, t].item() for k, t in enumerate(cont_ids))
+
+
+# ---- loading ------------------------------------------------------------
+def test_build_engine_builtin_uses_cache(tiny_dir, monkeypatch):
+    monkeypatch.setenv("RAVEVAL_CACHE", str(tiny_dir.parent))
+    e = build_engine(ModelConfig(name="t", path="builtin:tiny-llama", num_cpus=2))
+    assert isinstance(e, HFEngine) and e.device.type == "cpu"
+    assert not e.model.training
+    out = e.generate_batch(["hi"], GenParams(max_new_tokens=3))[0]
+    assert out.output_tokens <= 3
+    assert out.prompt_tokens == len(e.tokenizer("hi").input_ids)
+    e.batcher.close()
+
+
+# ---- generation -----------------------------------------------------------
+def test_greedy_deterministic_and_batch_equals_single(engine):
+    params = GenParams(max_new_tokens=12)
+    batched = engine.generate_batch(PROMPTS, params)
+    again = engine.generate_batch(PROMPTS, params)
+    single = [engine.generate_batch([p], params)[0] for p in PROMPTS]
+    assert [o.text for o in batched] == [o.text for o in again] == [o.text for o in single]
+    assert all(o.text for o in batched)
+    assert [o.prompt_tokens for o in batched] == [len(engine.tokenizer(p).input_ids) for p in PROMPTS]
+
+
+def test_max_new_tokens(engine):
+    for n in (1, 5):
+        for o in engine.generate_batch(PROMPTS, GenParams(max_new_tokens=n)):
+            assert 0 <= o.output_tokens <= n
+
+
+def test_stop_string_cuts_and_stops_early(engine):
+    prompt = PROMPTS[0]
+    full = engine.generate_batch([prompt], GenParams(max_new_tokens=24))[0]
+    stop = full.text[len(full.text) // 3 :][:3]  # some text from the middle
+    cut = engine.generate_batch([prompt], GenParams(max_new_tokens=24, stop=(stop, "never-seen")))[0]
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert cut.output_tokens < full.output_tokens
+    # Lists are accepted too (hashable after normalisation) and mixed batches cut per row.
+    mixed = engine.generate_batch([prompt, PROMPTS[1]], GenParams(max_new_tokens=24, stop=[stop]))
+    assert mixed[0].text == cut.text
+
+
+def test_sampling_with_seed_is_reproducible(engine):
+    p = GenParams(max_new_tokens=8, temperature=1.0, top_p=0.9, top_k=50, seed=123)
+    a = engine.generate_batch(PROMPTS[:3], p)
+    b = engine.generate_batch(PROMPTS[:3], p)
+    assert [o.text for o in a] == [o.text for o in b]
+
+
+def test_chat_prompt(engine):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好, 2+2=?"}]
+    out = engine.generate_batch([msgs], GenParams(max_new_tokens=6))[0]
+    text = engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    ids = engine.tokenizer(text, add_special_tokens=False).input_ids
+    assert ids.count(engine.tokenizer.bos_token_id) == 1  # the template's bos only
+    assert out.prompt_tokens == len(ids) and 0 < out.output_tokens <= 6
+    assert isinstance(out.text, str)
+
+
+def test_long_prompt_truncated_from_left(tiny_dir):
+    e = _engine(tiny_dir, max_model_len=32)
+    try:
+        long = " ".join(str(i) for i in range(200))
+        out = e.generate_batch([long], GenParams(max_new_tokens=8))[0]
+        assert out.prompt_tokens == 32 - 8
+        # ll: the sequence keeps its last 32 tokens; score equals that sequence's forward.
+        ctx = e.tokenizer(long).input_ids
+        cont = e.tokenizer(" 200 201", add_special_tokens=False).input_ids
+        seq = (ctx + cont)[-32:]
+        got = e.loglikelihood_batch([(long, [" 200 201"])])[0].logprobs[0]
+        assert math.isclose(got, _manual_ll(e, seq[: -len(cont)], cont), abs_tol=1e-4)
+    finally:
+        e.batcher.close()
+
+
+# ---- log-likelihood -------------------------------------------------------
+def _items():
+    return [
+        ("Question: What is 2 + 3?\nAnswer:", [" A", " B", " C", " D"]),
+        ("中国的首都是", ["北京", "上海"]),
+        ("The capital of France is", [" Paris", " Berlin is a city", " Rome"]),
+        ("Let x = 4. Then 2x + 1 =", [" 9", " nine, since 2 * 4 = 8"]),
+        ("", ["Hello world"]),
+        ([{"role": "user", "content": "2+2?"}], ["4", "four"]),
+    ]
+
+
+def test_single_token_fast_path_equals_general(engine):
+    items = _items()
+    fast = engine.loglikelihood_batch(items)
+    slow = engine.loglikelihood_batch(items, fast=False)
+    for f, s in zip(fast, slow):
+        assert f.num_tokens == s.num_tokens
+        for a, b in zip(f.logprobs, s.logprobs):
+            assert math.isclose(a, b, abs_tol=1e-4)
+    assert fast[0].num_tokens == [1, 1, 1, 1]
+    assert all(lp < 0 for o in fast for lp in o.logprobs)
+
+
+def test_ll_batched_equals_unbatched(engine):
+    items = _items() * 3  # more sequences than batch_size: several chunks
+    batched = engine.loglikelihood_batch(items)
+    for item, b in zip(items, batched):
+        one = engine.loglikelihood_batch([item])[0]
+        assert one.num_tokens == b.num_tokens
+        for x, y in zip(one.logprobs, b.logprobs):
+            assert math.isclose(x, y, abs_tol=1e-4)
+
+
+def test_ll_matches_manual_forward(engine):
+    tok = engine.tokenizer
+    ctx, cont = "Question: 12 + 30 =", " 42, because 12 + 30 is 42"
+    ctx_ids = tok(ctx).input_ids
+    cont_ids = tok(cont, add_special_tokens=False).input_ids
+    assert len(cont_ids) > 3
+    out = engine.loglikelihood_batch([(ctx, [cont])])[0]
+    assert out.num_tokens == [len(cont_ids)]
+    expected = _manual_ll(engine, ctx_ids, cont_ids)
+    assert math.isclose(out.logprobs[0], expected, abs_tol=1e-4)
+    # An off-by-one boundary would be visibly different.
+    shifted = _manual_ll(engine, ctx_ids[:-1], ctx_ids[-1:] + cont_ids[:-1])
+    assert abs(shifted - expected) > 1e-2
+
+
+def test_context_trailing_space_moves_to_continuation(engine):
+    a = engine.loglikelihood_batch([("Answer: ", ["B", "C is right"])])[0]
+    b = engine.loglikelihood_batch([("Answer:", [" B", " C is right"])])[0]
+    assert a.num_tokens == b.num_tokens
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert math.isclose(x, y, abs_tol=1e-6)
+
+
+# ---- async micro-batching -------------------------------------------------
+def test_async_generate_batches_and_matches_sync(engine):
+    prompts = [f"Question {i}: what is {i} + {i * 3}? Answer:" for i in range(50)]
+    params = GenParams(max_new_tokens=8)
+    expected = engine.generate_batch(prompts, params)
+
+    async def main():
+        before = engine.batches_run
+        outs = await asyncio.gather(*(engine.generate(p, params) for p in prompts))
+        return outs, engine.batches_run - before
+
+    outs, batches = asyncio.run(main())
+    assert [o.text for o in outs] == [o.text for o in expected]
+    assert batches <= math.ceil(50 / engine.batch_size) + 1 < 50
+
+
+def test_async_ll_and_gen_mixed(engine):
+    items = _items()
+    expected = engine.loglikelihood_batch(items)
+    gen_expected = engine.generate_batch(PROMPTS, GenParams(max_new_tokens=4))
+
+    async def main():
+        lls = [engine.loglikelihood(c, conts) for c, conts in items]
+        gens = [engine.generate(p, GenParams(max_new_tokens=4)) for p in PROMPTS]
+        return await asyncio.gather(*lls, *gens)
+
+    res = asyncio.run(main())
+    for got, exp in zip(res[: len(items)], expected):
+        assert got.num_tokens == exp.num_tokens
+        assert all(math.isclose(x, y, abs_tol=1e-4) for x, y in zip(got.logprobs, exp.logprobs))
+    assert [o.text for o in res[len(items) :]] == [o.text for o in gen_expected]
+
+
+def test_async_error_fails_only_its_batch(engine):
+    async def main():
+        good = [engine.generate(p, GenParams(max_new_tokens=3)) for p in PROMPTS]
+        bad = [engine.generate(p, GenParams(max_new_tokens=0)) for p in PROMPTS[:2]]
+        res = await asyncio.gather(*good, *bad, return_exceptions=True)
+        after = await engine.generate("still alive?", GenParams(max_new_tokens=2))
+        return res, after
+
+    res, after = asyncio.run(main())
+    assert all(not isinstance(r, Exception) for r in res[: len(PROMPTS)])
+    assert all(isinstance(r, ValueError) for r in res[len(PROMPTS) :])
+    assert after.output_tokens <= 2
+
+
+def test_batcher_groups_by_key_and_respects_max_batch():
+    calls = []
+
+    def run(key, items):
+        calls.append((key, list(items)))
+        if key == "boom":
+            raise RuntimeError("boom")
+        return [f"{key}:{x}" for x in items]
+
+    b = MicroBatcher(run, max_batch=3)
+
+    async def main():
+        jobs = [b.submit("a", i) for i in range(5)] + [b.submit("boom", 9)] + [b.submit("c", 7)]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    res = asyncio.run(main())
+    b.close()
+    assert res[:5] == [f"a:{i}" for i in range(5)] and res[6] == "c:7"
+    assert isinstance(res[5], RuntimeError)
+    assert all(len(items) <= 3 for _, items in calls)
+    assert [k for k, _ in calls] == ["a", "a", "boom", "c"]  # oldest request's key first
+    assert b.batches_run == 4 and b.items_run == 7
