@@ -67,11 +67,11 @@ def _fields(row: dict, names: dict[str, str]) -> dict:
     return fields
 
 
-def _fill(template: str, row: dict, where: str, names: dict) -> str:
+def _fill(template: str, row: dict, names: dict) -> str:
     try:
         return template.format(**_fields(row, names))
     except (KeyError, IndexError) as e:
-        raise PromptError(f"{where}: template {template!r} uses {e} which row {row.get('row_id')!r} lacks") from None
+        raise PromptError(f"template {template!r} uses {e} which row {row.get('row_id')!r} lacks") from None
 
 
 def continuations(row: dict, chat: bool) -> list[str]:
@@ -80,15 +80,14 @@ def continuations(row: dict, chat: bool) -> list[str]:
     return [sep + LETTERS[i] for i in range(len(row.get("choices") or []))]
 
 
-def build_prompt(name: str, cfg: DatasetConfig, row: dict, shots: list[dict]) -> str | list[dict]:
+def build_prompt(cfg: DatasetConfig, row: dict, shots: list[dict]) -> str | list[dict]:
     """The prompt of one row: a string (plain) or a list of chat messages."""
     fam = family_of(cfg)
     p = cfg.prompt
     template = p.template or fam.template
     header = fam.header if p.header is None else p.header
     shot_answer = p.shot_answer or fam.shot_answer
-    where = f"dataset {name}"
-    fill = lambda t, r: _fill(t, r, where, fam.subject_names)  # noqa: E731
+    fill = lambda t, r: _fill(t, r, fam.subject_names)  # noqa: E731
     question = fill(template, row)
     header = fill(header, row) if header else ""
     shot_pairs = [(fill(template, s), fill(shot_answer, s)) for s in shots]
@@ -114,10 +113,10 @@ def pick_shots(cfg: DatasetConfig, fewshot: dict[str, list[dict]], row: dict) ->
     return pool[:k]
 
 
-def check(name: str, cfg: DatasetConfig) -> None:
+def check(cfg: DatasetConfig) -> None:
     """Config-time checks that need no data."""
     if cfg.prompt.k_shot and not cfg.fewshot_path:
-        raise PromptError(f"dataset {name}: prompt.k_shot={cfg.prompt.k_shot} needs fewshot_path (the dev/train split)")
+        raise PromptError(f"prompt.k_shot={cfg.prompt.k_shot} needs fewshot_path (the dev/train split)")
 
 
 def encode_prompt(prompt: str | list[dict]) -> tuple[str, bool]:

@@ -66,7 +66,25 @@ def app_name(cfg: ModelConfig) -> str:
     return f"raveval-{cfg.name}"
 
 
-def deploy(cfg: ModelConfig, max_ongoing: int):
-    """Start (or reuse) the model's Serve app and wait until its replicas are up."""
+def deploy(cfg: ModelConfig, max_ongoing: int) -> None:
+    """Start (or update) the model's Serve app without waiting for its replicas:
+    the Data callers start meanwhile and wait for the app in `wait_ready`."""
     dep = serve.deployment(ModelReplica).options(**deployment_options(cfg, max_ongoing))
-    return serve.run(dep.bind(cfg.model_dump()), name=app_name(cfg), route_prefix=None)
+    target = serve.RunTarget(dep.bind(cfg.model_dump()), name=app_name(cfg), route_prefix=None)
+    serve.run_many([target], wait_for_applications_running=False)
+
+
+class ModelStartError(RuntimeError):
+    pass
+
+
+async def wait_ready(app: str, poll_s: float = 0.2) -> None:
+    """Return once the app runs; raise with Serve's reason if it failed to deploy
+    (requests sent to a failed app would wait forever)."""
+    while True:
+        st = (await asyncio.to_thread(serve.status)).applications.get(app)
+        if st is not None and st.status == "RUNNING":
+            return
+        if st is not None and st.status == "DEPLOY_FAILED":
+            raise ModelStartError(f"Serve app {app} failed to start: {st.message}")
+        await asyncio.sleep(poll_s)

@@ -18,20 +18,20 @@ def cfg(**kw):
 
 
 def test_plain_mmlu_zero_shot():
-    p = prompts.build_prompt("d", cfg(), ROW, [])
+    p = prompts.build_prompt(cfg(), ROW, [])
     assert p == ("The following are multiple choice questions (with answers) about high school physics.\n\n"
                  "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:")
     assert prompts.continuations(ROW, chat=False) == [" A", " B", " C", " D"]
 
 
 def test_plain_k_shot_puts_answered_examples_first():
-    p = prompts.build_prompt("d", cfg(prompt={"k_shot": 1}), ROW, [SHOT])
+    p = prompts.build_prompt(cfg(prompt={"k_shot": 1}), ROW, [SHOT])
     assert "What is 1+1?\nA. 2\nB. 3\nC. 4\nD. 5\nAnswer: A\n\nWhat is 2+2?" in p
     assert p.endswith("Answer:")
 
 
 def test_chat_k_shot_is_earlier_rounds():
-    msgs = prompts.build_prompt("d", cfg(prompt={"format": "chat", "k_shot": 1, "system": "Be brief."}), ROW, [SHOT])
+    msgs = prompts.build_prompt(cfg(prompt={"format": "chat", "k_shot": 1, "system": "Be brief."}), ROW, [SHOT])
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[1]["content"].startswith("The following are") and msgs[2]["content"] == "A"
     assert msgs[3]["content"].endswith("D. 6\nAnswer:")
@@ -43,20 +43,20 @@ def test_chat_k_shot_is_earlier_rounds():
 def test_gsm8k_shots_show_reasoning_then_answer():
     row = {"subject": "", "row_id": "1", "question": "Q2?", "choices": [], "gold": "7", "explanation": ""}
     shot = {"subject": "", "row_id": "0", "question": "Q1?", "choices": [], "gold": "5", "explanation": "2+3=5"}
-    p = prompts.build_prompt("g", cfg(loader="gsm8k", mode="gen", answer="number", prompt={"k_shot": 1}), row, [shot])
+    p = prompts.build_prompt(cfg(loader="gsm8k", mode="gen", answer="number", prompt={"k_shot": 1}), row, [shot])
     assert p == "Question: Q1?\nAnswer: 2+3=5\n#### 5\n\nQuestion: Q2?\nAnswer:"
 
 
 def test_ceval_uses_its_chinese_prompt():
-    p = prompts.build_prompt("c", cfg(loader="ceval"), ROW, [])
+    p = prompts.build_prompt(cfg(loader="ceval"), ROW, [])
     assert p.startswith("以下是中国关于高中物理考试的单项选择题") and p.endswith("答案:")
 
 
 def test_custom_template_and_missing_field_error():
-    p = prompts.build_prompt("d", cfg(prompt={"template": "Q: {question} ({subject})", "header": ""}), ROW, [])
+    p = prompts.build_prompt(cfg(prompt={"template": "Q: {question} ({subject})", "header": ""}), ROW, [])
     assert p == "Q: What is 2+2? (high_school_physics)"
     with pytest.raises(prompts.PromptError, match="nosuch"):
-        prompts.build_prompt("d", cfg(prompt={"template": "{nosuch}"}), ROW, [])
+        prompts.build_prompt(cfg(prompt={"template": "{nosuch}"}), ROW, [])
 
 
 def test_fixed_k_shot_takes_first_k_of_the_subject():
@@ -68,4 +68,4 @@ def test_fixed_k_shot_takes_first_k_of_the_subject():
 
 def test_k_shot_without_fewshot_path_is_a_config_error():
     with pytest.raises(prompts.PromptError, match="fewshot_path"):
-        prompts.check("d", cfg(fewshot_path=None, prompt={"k_shot": 5}))
+        prompts.check(cfg(fewshot_path=None, prompt={"k_shot": 5}))

@@ -1,0 +1,87 @@
+"""Integration: a real local Ray, a real Serve deployment and the real tiny model."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from raveval import pipeline
+from raveval.config import load_config
+from raveval.store import Store
+
+
+@pytest.fixture(scope="module")
+def demo_run(ray_local, tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    cfg = load_config("demo", [f"work_dir={work}"])
+    return cfg, pipeline.run(cfg, log=lambda *_: None)
+
+
+def test_every_row_is_scored_and_written(demo_run):
+    cfg, result = demo_run
+    plan = result.plan
+    assert not result.failed
+    rows = Store(cfg.work_dir).read().to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(r["key"] for r in plan.requests)
+    assert result.stats["rows"] == len(plan.requests) and result.stats["reused"] == 0
+    for r in rows:
+        assert r["error"] is None, r["error"]
+        assert r["model"] == "tiny-llama" and r["latency_s"] > 0
+        if r["mode"] == "ll":
+            assert len(r["logprobs"]) == len(r["choices"]) == 4
+            assert all(x < 0 for x in r["logprobs"]) and r["prediction"] in "ABCD"
+            assert r["correct"] == (r["prediction"] == r["gold"])
+        else:
+            assert isinstance(r["prediction"], str) and r["output_tokens"] >= 1
+            assert r["correct"] is not None
+
+
+def test_summary_matches_the_rows(demo_run):
+    cfg, result = demo_run
+    summary = pq.read_table(f"{cfg.work_dir}/summary.parquet").to_pylist()
+    assert {"model", "dataset", "metric", "value", "n", "errors"} <= set(summary[0])
+    rows = Store(cfg.work_dir).read().to_pylist()
+    for name in cfg.datasets:
+        mine = [r for r in rows if r["dataset"] == name]
+        acc = next(s for s in summary if s["dataset"] == name and s["metric"] == "accuracy")
+        assert acc["n"] == len(mine) and acc["errors"] == 0
+        assert acc["value"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
+    metrics = {s["metric"] for s in summary if s["dataset"] == "demo_mmlu_ll"}
+    assert {"accuracy_macro", "accuracy/stem", "accuracy/humanities", "accuracy/elementary_mathematics"} <= metrics
+    assert (cfg.work_dir and (result.files[1]).read_text().startswith('"model"'))
+    assert "| tiny-llama | demo_gsm8k_gen | accuracy |" in result.files[2].read_text()
+
+
+def test_rerun_reuses_finished_rows(demo_run):
+    cfg, first = demo_run
+    again = pipeline.run(cfg, log=lambda *_: None)
+    assert again.stats["rows"] == 0 and again.stats["reused"] == len(first.plan.requests)
+    assert again.summary.equals(first.summary)
+
+
+def test_error_rows_are_kept_counted_and_retried(ray_local, tmp_path):
+    cfg = load_config("demo", [f"work_dir={tmp_path}", "datasets=[demo_gsm8k_gen]", "datasets.demo_gsm8k_gen.limit=4"])
+    plan = pipeline.make_plan(cfg)
+    # A crashed earlier run left these rows as error rows.
+    import pyarrow as pa
+
+    batch = pa.Table.from_pylist(plan.requests)
+    Store(tmp_path).write_part(pipeline.add_results(batch, [{"error": "ActorDiedError: replica lost"}] * batch.num_rows))
+    from raveval.report import summarize
+
+    summary, failed = summarize(plan, Store(tmp_path).read())
+    acc = summary.to_pylist()[0]
+    assert acc["n"] == 0 and acc["errors"] == 4 and failed and "all 4 rows ended in errors" in failed[0]
+    # The re-run computes exactly those rows again.
+    result = pipeline.run(cfg, log=lambda *_: None)
+    assert result.stats["rows"] == 4 and not result.failed
+    assert result.summary.to_pylist()[0]["errors"] == 0
+
+
+def test_a_dataset_that_cannot_load_fails_alone(ray_local, tmp_path):
+    cfg = load_config("demo", [f"work_dir={tmp_path}", "datasets=[demo_gsm8k_gen,mmlu_ll]",
+                               "datasets.demo_gsm8k_gen.limit=2", f"data_root={tmp_path}/nowhere"])
+    result = pipeline.run(cfg, log=lambda *_: None)
+    assert len(result.failed) == 1 and "nowhere" in result.failed[0]
+    by = {(s["dataset"], s["metric"]): s for s in result.summary.to_pylist()}
+    assert by[("demo_gsm8k_gen", "accuracy")]["n"] == 2
+    assert by[("mmlu_ll", "accuracy")]["n"] == 0
