@@ -1,0 +1,89 @@
+"""raveval vs a plain in-process loop: same engine, same batch size, same prompts.
+
+The tiny model on the full MMLU test set (ll mode) and GSM8K test (gen, 32
+new tokens), first through raveval (local Ray, Serve replica, Data stream),
+then through a loop that calls the same Hugging Face engine's batch methods
+directly. Prints wall time, steady-state rows/s and raveval's fixed start-up
+(ray init + deploy + first row), side by side.
+
+    .venv/bin/python benchmarks/throughput_hf.py [--data-root ../shared/data] [--limit N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from raveval import pipeline
+from raveval.config import load_config
+from raveval.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_loop(cfg, requests: list[dict]) -> dict:
+    """The baseline: one process, the engine's own batch methods, batch_size rows at a time."""
+    from raveval.engines.base import GenParams
+    from raveval.engines.hf import HFEngine
+    from raveval.prompts import decode_prompt
+
+    t0 = time.perf_counter()
+    engine = HFEngine(cfg.model)
+    t_loaded = time.perf_counter()
+    bs = cfg.model.batch_size
+    for mode in ("ll", "gen"):
+        rows = [r for r in requests if r["mode"] == mode]
+        for i in range(0, len(rows), bs):
+            chunk = rows[i:i + bs]
+            if mode == "ll":
+                engine.loglikelihood_batch([(decode_prompt(r["prompt"], r["chat"]), list(r["continuations"])) for r in chunk])
+            else:
+                p = json.loads(chunk[0]["params"])
+                params = GenParams(**{**p, "stop": tuple(p["stop"])})
+                engine.generate_batch([decode_prompt(r["prompt"], r["chat"]) for r in chunk], params)
+    t_end = time.perf_counter()
+    return {"load_s": t_loaded - t0, "run_s": t_end - t_loaded, "rows": len(requests)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--limit", type=int, default=None, help="rows per MMLU subject and of GSM8K (default: all)")
+    ap.add_argument("--batch-size", type=int, default=16, help="engine batch size, the same on both sides")
+    ap.add_argument("--batch-rows", type=int, default=256, help="raveval rows per Serve call")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="raveval-bench-")
+    overrides = [f"data_root={args.data_root}", f"work_dir={work}", f"model.batch_size={args.batch_size}",
+                 f"batch_rows={args.batch_rows}", "datasets.gsm8k_gen.generation.max_new_tokens=32"]
+    if args.limit:
+        overrides += [f"datasets.mmlu_ll.limit={args.limit}", f"datasets.gsm8k_gen.limit={args.limit}"]
+    cfg = load_config("eval_tiny_mmlu_gsm8k", overrides)
+
+    t0 = time.perf_counter()
+    result = pipeline.run(cfg, log=lambda *_: None)
+    t_run = time.perf_counter() - t0
+    pipeline.shutdown(cfg)
+    s = result.stats
+    n = s["rows"]
+    ok = Store(work).read(columns=["error"]).column("error").null_count
+    base = plain_loop(cfg, result.plan.requests)
+
+    steady = n / (s["wall_s"] - s["startup_s"])
+    plain_rate = base["rows"] / base["run_s"]
+    print(f"rows: {n} (MMLU ll + GSM8K gen, 32 new tokens), engine batch {args.batch_size}, "
+          f"{args.batch_rows} rows per Serve call; rows without error: {ok}")
+    print(f"{'':28}{'raveval':>12}{'plain loop':>12}")
+    print(f"{'wall time (s)':28}{t_run:12.1f}{base['load_s'] + base['run_s']:12.1f}")
+    print(f"{'start-up (s)':28}{s['startup_s']:12.1f}{base['load_s']:12.1f}   (raveval: ray init + deploy + first row; plain: model load)")
+    print(f"{'steady rows/s':28}{steady:12.1f}{plain_rate:12.1f}")
+    print(f"{'ratio raveval / plain':28}{steady / plain_rate:12.2f}   (target >= 0.9)")
+    for d in result.summary.to_pylist():
+        if d["metric"] == "accuracy":
+            print(f"accuracy {d['dataset']}: {100 * d['value']:.2f}% over {d['n']} rows, {d['errors']} errors")
+
+
+if __name__ == "__main__":
+    main()
