@@ -41,9 +41,14 @@ def cmd_run(ns) -> int:
     print(markdown(result.summary, subjects=ns.subjects))
     s = result.stats
     if s.get("rows"):
-        print(f"{s['rows']} rows in {s['wall_s']:.1f}s (start-up {s['startup_s']:.1f}s); {s['reused']} reused from {cfg.work_dir}")
+        print(f"{s['rows']} rows in {s['wall_s']:.1f}s: model serving after {s['ready_s']:.1f}s, first batch after "
+              f"{s['first_batch_s']:.1f}s, then {s['rows_per_s']:.1f} rows/s; {s['reused']} rows reused from {cfg.work_dir}")
     else:
         print(f"all {s['reused']} rows reused from {cfg.work_dir}")
+    if "judged" in s:
+        later = f", {s['rows_turn']} later-turn rows generated" if s.get("rows_turn") else ""
+        print(f"judge stage: {s['judged']} judgements asked, {s['judge_errors']} error rows{later}; "
+              f"judgements in {cfg.work_dir}/judgements")
     print("results: " + ", ".join(str(f) for f in result.files))
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)

@@ -21,8 +21,10 @@ from raveval.schema import RunConfig
 PACKAGE_CONF = Path(__file__).parent / "conf"
 PACKAGE_ROOT = Path(__file__).parent
 DEFAULT_CONFIG = "demo"
-GROUPS = ("model", "datasets")
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+GROUPS = ("model", "datasets", "judges")
+# A key whose last word names a secret (hf_token, api_key, password); not
+# api_key_env (the name of a variable) nor max_new_tokens / tokens_per_minute.
+SECRET_KEY = re.compile(r"(^|_)(api_?key|secret_?key|access_?key|token|secret|password|authorization)$", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -92,13 +94,13 @@ def _group_file(group: str, option: str) -> Path | None:
     return None
 
 
-def _dataset_file(name: str) -> Path | None:
-    """The datasets/*.yaml that defines `name` (by convention, datasets/<name>.yaml)."""
-    found = _group_file("datasets", name)
+def _dataset_file(name: str, group: str = "datasets") -> Path | None:
+    """The <group>/*.yaml that defines `name` (by convention, <group>/<name>.yaml)."""
+    found = _group_file(group, name)
     if found:
         return found
     for d in search_dirs():
-        for f in sorted((d / "datasets").glob("*.yaml")):
+        for f in sorted((d / group).glob("*.yaml")):
             if name in (yaml.safe_load(f.read_text()) or {}):
                 return f
     return None
@@ -125,9 +127,9 @@ def source_of(path: tuple, sources: dict) -> str:
     candidates: list[tuple[Path, tuple]] = []
     if path and path[0] == "model" and choices.get("model"):
         candidates.append((_group_file("model", choices["model"]), path[1:]))
-    if len(path) > 1 and path[0] == "datasets":
-        # Hydra records no choice for a list, so find the file that defines this dataset.
-        candidates.append((_dataset_file(str(path[1])), path[1:]))
+    if len(path) > 1 and path[0] in ("datasets", "judges"):
+        # Hydra records no choice for a list, so find the file that defines this entry.
+        candidates.append((_dataset_file(str(path[1]), path[0]), path[1:]))
     candidates.append((sources["primary"], path))
     for f, sub in candidates:
         if f is None:
@@ -181,7 +183,7 @@ def save_config(cfg: RunConfig, work_dir: Path) -> Path:
 def list_configs(words: str | list[str]) -> dict[str, list[str]]:
     """Model, dataset and run config names matching all the words (case-insensitive)."""
     words = [w.lower() for w in ([words] if isinstance(words, str) else words) if w]
-    found: dict[str, set[str]] = {"model": set(), "datasets": set(), "run": set()}
+    found: dict[str, set[str]] = {**{g: set() for g in GROUPS}, "run": set()}
     for d in search_dirs():
         for kind in GROUPS:
             found[kind] |= {f.stem for f in (d / kind).glob("*.yaml")}

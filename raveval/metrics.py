@@ -4,9 +4,12 @@ Aggregates follow the benchmarks: `accuracy` over all scored rows; per
 subject `accuracy/<subject>`; per group (MMLU's 4 categories, C-Eval's 4 and
 "hard") `accuracy/<group>` as the unweighted mean of its subjects, and
 `accuracy_macro` over all subjects, as OpenCompass and C-Eval report them.
+Judged (subjective) datasets: `aggregate_subjective` (mean scores, win / tie /
+loss rates, AlpacaEval's length-controlled win rate).
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -120,3 +123,131 @@ def aggregate(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
     for s in subjects:
         out.append({"metric": f"accuracy/{s}", "level": "subject", "value": acc[s], "n": len(by_subject[s]), "errors": errors_by_subject[s]})
     return out
+
+
+# ---- subjective (LLM-judged) datasets ----------------------------------------
+def lc_win_rate(preferences, model_lens, baseline_lens, l2: float = 1e-3) -> float:
+    """AlpacaEval 2's length-controlled win rate, in its minimal form.
+
+    A logistic regression (GLM) of the preference for the model (1 win, 0.5 tie,
+    0 loss: soft targets) on tanh(length difference / its standard deviation),
+    with an intercept; then the mean predicted preference with the length
+    difference set to zero: "what would the win rate be if both answers had
+    the same length". (AlpacaEval's full GLM adds a per-instruction
+    difficulty term fitted on its leaderboard's models, which a local run does
+    not have.) A small L2 penalty keeps the fit finite when the model wins or
+    loses every time.
+    """
+    import numpy as np
+
+    y = np.asarray(preferences, dtype=float)
+    n = len(y)
+    if n == 0:
+        return math.nan
+    delta = np.asarray(model_lens, dtype=float) - np.asarray(baseline_lens, dtype=float)
+    sd = float(delta.std(ddof=1)) if n > 1 else 0.0
+    x = np.tanh(delta / sd) if sd > 0 else np.zeros(n)
+    X = np.stack([np.ones(n), x], axis=1)
+    w = np.zeros(2)
+    for _ in range(100):  # Newton's method on the penalised log-loss
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - y) + l2 * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(1.0 / (1.0 + np.exp(-w[0])))
+
+
+def _units(rows: list[dict], mode: str) -> list[dict]:
+    """One unit per (row, turn): single grading as is; pairwise orders combined
+    (the mean of the model's outcomes; an error in either order fails the unit)."""
+    if mode == "single":
+        return rows
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        by[(r["row_id"], r.get("turn") or 1)].append(r)
+    units = []
+    for group in by.values():
+        err = next((r["error"] for r in group if r.get("error")), None)
+        outcomes = [r["outcome"] for r in group]
+        if err is None and any(o is None for o in outcomes):
+            err = "no verdict"
+        first = group[0]
+        units.append({**first, "error": err,
+                      "outcome": None if err else sum(outcomes) / len(outcomes)})
+    return units
+
+
+def aggregate_subjective(rows: list[dict], mode: str, groups: dict[str, list[str]] | None = None) -> list[dict]:
+    """Metrics of one judged dataset from its judgement rows (subject, row_id,
+    turn, score / outcome, ratings, model_len, baseline_len, error).
+
+    single: `score` (mean 1-10 rating) overall, per turn (`score/turn2`), per
+    category (`score/<category>`), per group (mean of its categories) with
+    `score_macro` over categories, and per dimension (`dim/<name>`, AlignBench).
+    pairwise (both orders combined per row and turn): `win_rate`, `tie_rate`,
+    `loss_rate`, `win_rate_adjusted` (ties count half), `lc_win_rate`
+    (length-controlled), and the win rate per turn and per category.
+    """
+    units = _units(rows, mode)
+    ok = [u for u in units if not u.get("error")]
+    n_err = len(units) - len(ok)
+    out: list[dict] = []
+
+    def add(metric, level, vals, errors):
+        vals = list(vals)
+        out.append({"metric": metric, "level": level, "value": _mean(vals), "n": len(vals), "errors": errors})
+
+    turns = sorted({u.get("turn") or 1 for u in units})
+    subjects = sorted({u["subject"] for u in units})
+    if mode == "single":
+        add("score", "dataset", (u["score"] for u in ok), n_err)
+        by_subject = {s: [u["score"] for u in ok if u["subject"] == s] for s in subjects}
+        err_subject = {s: sum(1 for u in units if u["subject"] == s and u.get("error")) for s in subjects}
+        if subjects != [""]:
+            means = {s: _mean(v) for s, v in by_subject.items() if v}
+            add("score_macro", "dataset", means.values(), n_err)
+            out[-1]["n"] = len(ok)
+            for g, members in sorted((groups or {}).items()):
+                present = [s for s in members if s in means]
+                if present:
+                    add(f"score/{g}", "group", (means[s] for s in present), sum(err_subject[s] for s in present))
+                    out[-1]["n"] = sum(len(by_subject[s]) for s in present)
+        if len(turns) > 1:
+            for t in turns:
+                add(f"score/turn{t}", "turn", (u["score"] for u in ok if (u.get("turn") or 1) == t),
+                    sum(1 for u in units if (u.get("turn") or 1) == t and u.get("error")))
+        dims: dict[str, list[float]] = defaultdict(list)
+        for u in ok:
+            for k, v in (json.loads(u["ratings"]) if u.get("ratings") else {}).items():
+                dims[k].append(v)
+        for k in sorted(dims):
+            add(f"dim/{k}", "dimension", dims[k], 0)
+        if subjects != [""]:
+            for s in subjects:
+                add(f"score/{s}", "subject", by_subject[s], err_subject[s])
+        return out
+
+    outcomes = [u["outcome"] for u in ok]
+    add("win_rate", "dataset", (float(o > 0.5) for o in outcomes), n_err)
+    add("tie_rate", "dataset", (float(o == 0.5) for o in outcomes), n_err)
+    add("loss_rate", "dataset", (float(o < 0.5) for o in outcomes), n_err)
+    add("win_rate_adjusted", "dataset", outcomes, n_err)
+    lc = lc_win_rate(outcomes, [u["model_len"] for u in ok], [u["baseline_len"] for u in ok])
+    out.append({"metric": "lc_win_rate", "level": "dataset", "value": lc, "n": len(ok), "errors": n_err})
+    if len(turns) > 1:
+        for t in turns:
+            add(f"win_rate/turn{t}", "turn", (float(u["outcome"] > 0.5) for u in ok if (u.get("turn") or 1) == t),
+                sum(1 for u in units if (u.get("turn") or 1) == t and u.get("error")))
+    if subjects != [""]:
+        for s in subjects:
+            add(f"win_rate/{s}", "subject", (float(u["outcome"] > 0.5) for u in ok if u["subject"] == s),
+                sum(1 for u in units if u["subject"] == s and u.get("error")))
+    return out
+
+
+def is_score_metric(metric: str) -> bool:
+    """Judge ratings (1-10) rather than rates (0-1)."""
+    return metric.startswith(("score", "dim/"))

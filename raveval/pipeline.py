@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ class DatasetPlan:
     requests: list[dict] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None  # why it cannot be evaluated at all
+    rows: list[dict] = field(default_factory=list)  # the loaded rows (judged datasets build on them)
+    judge_requests: list[dict] = field(default_factory=list)  # filled by the judge pass
 
 
 @dataclass
@@ -81,7 +84,9 @@ def build_requests(name: str, d: DatasetConfig, loaded, model: ModelConfig, mode
             "key": row_key(model_id, name, row["row_id"], text, conts, params, d.mode),
             "model": model.name, "dataset": name, "subject": row["subject"], "row_id": row["row_id"],
             "mode": d.mode, "chat": is_chat, "prompt": text, "continuations": conts, "params": params,
-            "choices": list(row["choices"]), "gold": row["gold"], "answer": d.answer,
+            "choices": list(row["choices"]), "gold": row["gold"],
+            # Judged datasets have no gold answer: the judge stage scores them.
+            "answer": "judge" if d.judge is not None else d.answer, "turn": 1,
         })
     return out
 
@@ -89,6 +94,7 @@ def build_requests(name: str, d: DatasetConfig, loaded, model: ModelConfig, mode
 def make_plan(cfg: RunConfig) -> Plan:
     """Load every dataset and build its request rows; a failure marks that dataset only."""
     from raveval.datasets import load_dataset
+    from raveval.judge.tasks import check as judge_check
 
     model_id = model_identity(cfg.model)
     plans = []
@@ -96,8 +102,10 @@ def make_plan(cfg: RunConfig) -> Plan:
         p = DatasetPlan(name, d)
         try:
             prompts.check(d)
+            judge_check(name, d)
             loaded = load_dataset(name, d)
             p.groups = loaded.groups
+            p.rows = loaded.rows
             p.requests = build_requests(name, d, loaded, cfg.model, model_id)
             if not p.requests:
                 p.error = f"dataset {name}: no rows to evaluate (check path, subjects and limit)"
@@ -109,11 +117,17 @@ def make_plan(cfg: RunConfig) -> Plan:
 
 def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
     """The plan in words: what --dry-run prints."""
+    from raveval.config import redact
+    from raveval.engines import replica_resources
+
     m = plan.cfg.model
-    res = f"num_cpus={m.num_cpus}, num_gpus={m.num_gpus}"
+    res = replica_resources(m).describe()
     lines = [
         f"model {m.name}: engine={m.engine} path={m.path} dtype={m.dtype} batch_size={m.batch_size}",
         f"  replicas: {m.replicas} x ({res})",
+        *([f"  vllm: device={m.device} max_model_len={m.max_model_len} "
+           + " ".join(f"{k}={v}" for k, v in m.vllm_settings.model_dump().items())
+           + (f" engine_args={redact(m.engine_args)}" if m.engine_args else "")] if m.engine == "vllm" else []),
         f"  callers: {plan.cfg.callers} x {plan.cfg.calls_per_caller} calls in flight, {plan.cfg.batch_rows} rows per call (num_cpus=0)",
         f"work_dir: {plan.cfg.work_dir}   ray: {plan.cfg.ray_address}",
         "datasets:",
@@ -126,6 +140,12 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
         subjects = len({r['subject'] for r in d.requests})
         lines.append(f"  {d.name}: {d.cfg.loader} mode={d.cfg.mode} format={d.cfg.prompt.format} k_shot={d.cfg.prompt.k_shot} "
                      f"rows={len(d.requests)} subjects={subjects} finished={done}")
+        if d.cfg.judge is not None:
+            j, e = d.cfg.judge, plan.cfg.judges[d.cfg.judge.endpoint]
+            vs = f" vs {j.baseline}" + (" (both orders)" if j.both_orders else "") if j.mode == "pairwise" else ""
+            lines.append(f"    judge: {j.mode}{vs} by {j.endpoint} ({e.model} at {e.base_url}; "
+                         f"{e.requests_per_minute or 'no limit'} req/min, {e.tokens_per_minute or 'no limit'} tok/min "
+                         f"for the whole cluster; {e.max_concurrent} in flight over {plan.cfg.judge_callers} callers)")
     total = len(plan.requests)
     todo = sum(r["key"] not in finished for r in plan.requests)
     lines.append(f"total rows: {total}, to run: {todo}")
@@ -164,7 +184,10 @@ def add_results(batch: pa.Table, results: list[dict]) -> pa.Table:
     for m, r in zip(meta, results):
         err = r.get("error")
         text, logprobs = r.get("text"), r.get("logprobs")
-        pred, correct = (None, None) if err else score_row(m["mode"], m["answer"], m["gold"], len(m["choices"]), text, logprobs)
+        if err or m["answer"] == "judge":
+            pred, correct = None, None
+        else:
+            pred, correct = score_row(m["mode"], m["answer"], m["gold"], len(m["choices"]), text, logprobs)
         cols["prediction"].append(None if err else (pred if m["mode"] == "ll" else text))
         cols["logprobs"].append(logprobs)
         cols["answer_pred"].append(pred)
@@ -178,7 +201,9 @@ def add_results(batch: pa.Table, results: list[dict]) -> pa.Table:
     return batch
 
 
-def init_ray(address: str, temp_dir: str | None = None) -> None:
+def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = None) -> None:
+    """Start (or join) Ray and Serve. Serve's HTTP proxy runs only when asked
+    for (`http_port`: a model serves an OpenAI-compatible route, e.g. as a judge)."""
     import ray
     from ray import serve
 
@@ -186,7 +211,11 @@ def init_ray(address: str, temp_dir: str | None = None) -> None:
         return
     if address == "local":
         ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir)
-        serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+        if http_port:
+            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port},
+                        logging_config={"enable_access_log": False})
+        else:
+            serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
     else:
         ray.init(address=address)
 
@@ -199,11 +228,12 @@ def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dic
     from raveval.serve import app_name, deploy
 
     t0 = time.perf_counter()
-    init_ray(cfg.ray_address)
+    init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
     max_ongoing = cfg.callers * cfg.calls_per_caller * 2
+    _check_resources(cfg)
     deploy(cfg.model, max_ongoing)
-    t_ready = time.perf_counter()
-    log(f"model {cfg.model.name} deploying ({t_ready - t0:.1f}s); streaming {len(requests)} rows")
+    log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
+    ready = _time_ready(app_name(cfg.model))
 
     table = pa.Table.from_pylist(requests)
     n_blocks = max(1, min(math.ceil(len(requests) / cfg.batch_rows), 2000))
@@ -226,7 +256,43 @@ def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dic
         store.write_part(batch)
         written += batch.num_rows
     t_end = time.perf_counter()
-    return {"rows": written, "startup_s": (first_row or t_end) - t0, "wall_s": t_end - t0}
+    ready.join(timeout=5)  # rows came back, so the app was serving
+    t_ready = ready.at or t_end
+    return {"rows": written, "ready_s": t_ready - t0, "first_batch_s": (first_row or t_end) - t0,
+            "wall_s": t_end - t0, "rows_per_s": written / max(t_end - t_ready, 1e-9)}
+
+
+def _check_resources(cfg: RunConfig) -> None:
+    """On a local Ray nothing will ever add GPUs: fail now instead of waiting forever."""
+    import ray
+
+    if cfg.ray_address != "local":
+        return  # an autoscaling cluster may add the nodes
+    m = cfg.model
+    have = ray.cluster_resources()
+    for res, per in (("GPU", m.num_gpus), ("CPU", m.num_cpus)):
+        need = per * m.replicas
+        if need > have.get(res, 0):
+            raise RuntimeError(f"model {m.name}: {m.replicas} replica(s) x {res.lower()}s={per} need {need} {res}, "
+                               f"this machine's Ray has {have.get(res, 0)}")
+
+
+def _time_ready(app: str) -> threading.Thread:
+    """A thread that notes when the app starts serving (`.at`), for the start-up figure;
+    the stream itself does not wait for it."""
+    from raveval.serve import ModelStartError, wait_ready
+
+    def watch():
+        try:
+            asyncio.run(wait_ready(app))
+            t.at = time.perf_counter()
+        except ModelStartError:
+            pass  # the callers report it
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.at = None
+    t.start()
+    return t
 
 
 @dataclass
@@ -252,7 +318,13 @@ def run(cfg: RunConfig, log=print) -> RunResult:
     stats = {"rows": 0, "reused": len(plan.requests) - len(todo)}
     if todo:
         stats.update(stream(cfg, todo, store, log))
-    summary, failed = summarize(plan, store.read())
+    judgements = None
+    if any(d.cfg.judge is not None and not d.error for d in plan.datasets):
+        from raveval.judge.stage import read_judgements, run_judging
+
+        stats.update(run_judging(cfg, plan, store, log))
+        judgements = read_judgements(work)
+    summary, failed = summarize(plan, store.read(), judgements)
     files = store.write_summary(summary, markdown(summary))
     return RunResult(plan, summary, failed, stats, files)
 

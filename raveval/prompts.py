@@ -40,7 +40,11 @@ CEVAL = Family(
 MATH_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {explanation}\n#### {gold}")
 OPEN_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {gold}")
 
-FAMILIES = {"mmlu": CHOICE_QA, "ceval": CEVAL, "gsm8k": MATH_QA}
+# Subjective benchmarks: the question as it is (a chat turn); the judge scores the reply.
+OPEN_CHAT = Family(header="", template="{question}", shot_answer="")
+
+FAMILIES = {"mmlu": CHOICE_QA, "ceval": CEVAL, "gsm8k": MATH_QA,
+            "mt_bench": OPEN_CHAT, "alignbench": OPEN_CHAT, "alpacaeval": OPEN_CHAT}
 
 
 class PromptError(ValueError):

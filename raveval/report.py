@@ -5,7 +5,7 @@ import math
 
 import pyarrow as pa
 
-from raveval.metrics import aggregate
+from raveval.metrics import aggregate, aggregate_subjective, is_score_metric
 
 SUMMARY_SCHEMA = pa.schema([
     ("model", pa.string()), ("dataset", pa.string()), ("metric", pa.string()),
@@ -13,8 +13,13 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
-def summarize(plan, results: pa.Table | None) -> tuple[pa.Table, list[str]]:
-    """Summary rows for the plan's datasets from the stored rows of this plan's keys.
+JUDGE_COLUMNS = ["key", "subject", "row_id", "turn", "order", "score", "outcome", "ratings",
+                 "model_len", "baseline_len", "error"]
+
+
+def summarize(plan, results: pa.Table | None, judgements: pa.Table | None = None) -> tuple[pa.Table, list[str]]:
+    """Summary rows for the plan's datasets from the stored rows of this plan's keys
+    (and, for judged datasets, from the judgement rows of the plan's judge requests).
 
     Returns (summary table, reasons for datasets that could not be evaluated at all).
     A dataset that failed to load gets one `accuracy` row with n=0 and every
@@ -31,6 +36,12 @@ def summarize(plan, results: pa.Table | None) -> tuple[pa.Table, list[str]]:
             failed.append(d.error)
             rows.append({"model": model, "dataset": d.name, "metric": "accuracy", "level": "dataset", "value": math.nan, "n": 0, "errors": 0})
             continue
+        if d.cfg.judge is not None:
+            metrics = _subjective(d, judgements)
+            if metrics[0]["n"] == 0:
+                failed.append(f"dataset {d.name}: no judgement succeeded ({metrics[0]['errors']} error rows)")
+            rows += [{"model": model, "dataset": d.name, **m} for m in metrics]
+            continue
         found = [by_key[r["key"]] for r in d.requests if r["key"] in by_key]
         missing = len(d.requests) - len(found)
         # A row the stream never returned is still counted, as an error.
@@ -42,14 +53,31 @@ def summarize(plan, results: pa.Table | None) -> tuple[pa.Table, list[str]]:
     return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA), failed
 
 
-def _fmt(v) -> str:
+def _subjective(d, judgements: pa.Table | None) -> list[dict]:
+    """Judge metrics of one dataset; a judgement that never came back counts as an error."""
+    by_key = {}
+    if judgements is not None and d.judge_requests:
+        have = [c for c in JUDGE_COLUMNS if c in judgements.column_names]
+        by_key = {r["key"]: r for r in judgements.select(have).to_pylist()}
+    reqs = d.judge_requests or [{**r, "order": "", "pre_error": "not judged"} for r in d.requests]
+    found = [by_key.get(r["key"]) or {"subject": r["subject"], "row_id": r["row_id"], "turn": r.get("turn", 1),
+                                      "order": r.get("order", ""), "error": r.get("pre_error") or "no result"}
+             for r in reqs]
+    return aggregate_subjective(found, d.cfg.judge.mode, d.groups)
+
+
+def _fmt(v, metric: str = "") -> str:
     if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{100 * v:.2f}"
+        if math.isnan(v):
+            return "-"
+        return f"{v:.2f}" if is_score_metric(metric) else f"{100 * v:.2f}%"
     return str(v)
 
 
 def markdown(summary: pa.Table, subjects: bool = True) -> str:
-    """Markdown table, accuracy in percent; subjects=False leaves out per-subject rows."""
+    """Markdown table: rates in percent, judge scores on their 1-10 scale;
+    subjects=False leaves out per-subject rows."""
     rows = [r for r in summary.to_pylist() if subjects or r["level"] != "subject"]
-    head = "| model | dataset | metric | value (%) | n | errors |\n|---|---|---|---:|---:|---:|\n"
-    return head + "".join(f"| {r['model']} | {r['dataset']} | {r['metric']} | {_fmt(r['value'])} | {r['n']} | {r['errors']} |\n" for r in rows)
+    head = "| model | dataset | metric | value | n | errors |\n|---|---|---|---:|---:|---:|\n"
+    return head + "".join(f"| {r['model']} | {r['dataset']} | {r['metric']} | {_fmt(r['value'], r['metric'])} "
+                          f"| {r['n']} | {r['errors']} |\n" for r in rows)

@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 PREDICTIONS = "predictions"
+JUDGEMENTS = "judgements"  # the judge stage's rows, beside the predictions
 
 
 def row_key(model_id: dict, dataset: str, row_id: str, prompt: str, continuations: list[str], params: str, mode: str) -> str:
@@ -27,9 +28,10 @@ def row_key(model_id: dict, dataset: str, row_id: str, prompt: str, continuation
 
 
 class Store:
-    def __init__(self, work_dir: str | Path):
+    def __init__(self, work_dir: str | Path, kind: str = PREDICTIONS):
+        """`kind`: the folder of the rows, predictions/ or judgements/."""
         self.root = Path(work_dir)
-        self.pred_dir = self.root / PREDICTIONS
+        self.pred_dir = self.root / kind
         self._seq = 0
         # Names sort in write order across runs, so the newest row of a key wins.
         self._stamp = f"{time.time_ns():020d}-{os.getpid()}"
@@ -51,6 +53,7 @@ class Store:
         parts = self.parts()
         if not parts:
             return None
+        columns = None if columns is None else ["key", *(c for c in columns if c != "key")]
         tables = [pq.read_table(p, columns=columns) for p in parts]
         table = pa.concat_tables(tables, promote_options="permissive")
         keys = table.column("key").to_pylist()

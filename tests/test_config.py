@@ -114,5 +114,5 @@ def test_list_matches_all_words():
     found = list_configs(["mmlu", "ll"])
     assert "mmlu_ll" in found["datasets"] and "mmlu_csv_5shot_ll" in found["datasets"]
     assert "gsm8k_gen" not in found["datasets"] and "mmlu_gen" not in found["datasets"]
-    assert list_configs(["tiny"])["model"] == ["tiny_hf"]
+    assert "tiny_hf" in list_configs(["tiny"])["model"] and "tiny_hf" not in list_configs(["tiny", "vllm"])["model"]
     assert "base" not in list_configs([])["run"]

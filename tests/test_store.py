@@ -31,6 +31,7 @@ def test_parts_resume_keys_and_latest_wins(tmp_path):
     t = s2.read()
     assert sorted(t.column("key").to_pylist()) == ["a", "b", "c"]
     assert s2.finished_keys() == {"a", "b", "c"}
+    assert s2.read(columns=["error"]).column_names == ["key", "error"]
     assert not list((tmp_path / "predictions").glob("*.tmp"))
 
 

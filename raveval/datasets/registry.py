@@ -10,7 +10,7 @@ from typing import Callable
 
 from raveval.schema import DatasetConfig
 
-from . import ceval, generic, gsm8k, mmlu
+from . import alignbench, alpacaeval, ceval, generic, gsm8k, mmlu, mt_bench
 from .common import DatasetError, LoadedDataset, Parsed, finalize
 
 LOADERS: dict[str, Callable[[DatasetConfig], Parsed]] = {
@@ -18,6 +18,10 @@ LOADERS: dict[str, Callable[[DatasetConfig], Parsed]] = {
     "ceval": ceval.load,
     "gsm8k": gsm8k.load,
     "generic": generic.load,
+    # Subjective benchmarks (judged by an LLM judge: see raveval/judge/).
+    "mt_bench": mt_bench.load,
+    "alignbench": alignbench.load,
+    "alpacaeval": alpacaeval.load,
 }
 
 

@@ -24,6 +24,9 @@ class GenParams:
     top_k: int = 0  # 0 means off
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Guided decoding: the output is exactly one of these strings (engines with
+    # `supports_choices`; e.g. a judge's verdict "[[1]]".."[[10]]").
+    choices: tuple[str, ...] = ()
 
 
 @dataclass
@@ -43,6 +46,9 @@ class LLOutput:
 
 class Engine(ABC):
     """Async engine: many concurrent calls, one model."""
+
+    # Whether generate honours GenParams.choices (constrained decoding).
+    supports_choices: bool = False
 
     @abstractmethod
     async def generate(self, prompt: Prompt, params: GenParams) -> GenOutput:

@@ -35,7 +35,28 @@ def _norm(params: GenParams) -> GenParams:
     return params if isinstance(params.stop, tuple) else replace(params, stop=tuple(params.stop))
 
 
+class _ChoiceConstraint:
+    """Logits processor for guided choice: after the prompt (`start` columns),
+    only tokens that continue one of the choices' token sequences are allowed,
+    and end-of-sequence once a whole choice is written."""
+
+    def __init__(self, seqs: list[list[int]], start: int, eos: int):
+        self.seqs, self.start, self.eos = seqs, start, eos
+
+    def __call__(self, input_ids, scores):
+        mask = torch.full_like(scores, float("-inf"))
+        for r in range(input_ids.shape[0]):
+            gen = input_ids[r, self.start :].tolist()
+            allowed = {s[len(gen)] for s in self.seqs if len(s) > len(gen) and s[: len(gen)] == gen}
+            if not allowed or any(s == gen for s in self.seqs):
+                allowed.add(self.eos)
+            mask[r, sorted(allowed)] = 0.0
+        return scores + mask
+
+
 class HFEngine(Engine):
+    supports_choices = True
+
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
         if cfg.path == BUILTIN_TINY:
@@ -139,11 +160,17 @@ class HFEngine(Engine):
             for r, i in enumerate(idx):  # left padding: all prompts end at the same column
                 ids[r, width - len(encs[i]) :] = torch.tensor(encs[i])
                 mask[r, width - len(encs[i]) :] = 1
+            extra = {}
+            if params.choices:  # guided choice: the output is one of the given strings
+                seqs = [self.tokenizer(c, add_special_tokens=False).input_ids for c in params.choices]
+                eos = min(self._eos_ids) if self._eos_ids else self.pad_id
+                extra["logits_processor"] = transformers.LogitsProcessorList([_ChoiceConstraint(seqs, width, eos)])
             gen = self.model.generate(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 generation_config=gc,
                 tokenizer=self.tokenizer if params.stop else None,
+                **extra,
             )
             for r, i in enumerate(idx):
                 outs[i] = self._finish(gen[r, width:].tolist(), params, len(encs[i]))

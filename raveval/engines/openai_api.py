@@ -1,0 +1,39 @@
+"""An API model under test: an OpenAI-compatible chat endpoint (engine: openai).
+
+It uses the judge stage's client (aiohttp, retries with backoff, Retry-After)
+and the endpoint's cluster-wide limiter, so an API model and a judge on the
+same endpoint and key share one budget. Generation only: a chat API gives no
+log-likelihoods of given continuations, so `mode: ll` is rejected when the
+config is validated; `loglikelihood` raises if it is called anyway.
+"""
+from __future__ import annotations
+
+from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
+
+
+class OpenAIEngine(Engine):
+    supports_choices = True  # sent as structured_outputs.choice (vLLM-style servers)
+
+    def __init__(self, cfg):
+        from raveval.judge.client import ChatClient
+        from raveval.judge.limiter import make_limiter
+
+        if cfg.api is None:
+            raise ValueError("engine openai needs model.api")
+        self.cfg = cfg
+        self.client = ChatClient(cfg.api, make_limiter(cfg.api))
+
+    async def generate(self, prompt: Prompt, params: GenParams) -> GenOutput:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        extra = {"structured_outputs": {"choice": list(params.choices)}} if params.choices else None
+        res = await self.client.chat(
+            messages, max_tokens=params.max_new_tokens, temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else None, stop=list(params.stop) or None,
+            seed=params.seed, extra=extra)
+        return GenOutput(text=res.text, prompt_tokens=res.prompt_tokens or 0, output_tokens=res.completion_tokens or 0)
+
+    async def loglikelihood(self, context: Prompt, continuations: list[str]) -> LLOutput:
+        raise NotImplementedError("engine openai cannot score log-likelihoods (chat completions give none); use mode: gen")
+
+    async def close(self) -> None:
+        await self.client.close()
