@@ -30,3 +30,18 @@ def ray_local():
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_env(tmp_path_factory):
+    """vLLM's caches in a temporary folder and its logs at WARNING, set before
+    any Ray starts so Serve replicas inherit them; values already set win."""
+    root = tmp_path_factory.mktemp("vllm")
+    want = {"VLLM_CACHE_ROOT": str(root / "cache"), "VLLM_LOGGING_LEVEL": "WARNING",
+            "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
+    added = [k for k in want if k not in os.environ]
+    for k in added:
+        os.environ[k] = want[k]
+    yield root
+    for k in added:
+        os.environ.pop(k, None)

