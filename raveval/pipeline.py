@@ -60,8 +60,15 @@ class Plan:
 
 def model_identity(m: ModelConfig) -> dict:
     """What makes two models' outputs differ (not replicas or batch size)."""
-    return {"name": m.name, "engine": m.engine, "path": m.path, "dtype": m.dtype,
-            "max_model_len": m.max_model_len, "engine_args": m.engine_args}
+    ident = {"name": m.name, "engine": m.engine, "path": m.path, "dtype": m.dtype,
+             "max_model_len": m.max_model_len, "engine_args": m.engine_args}
+    # Weight and cache quantization change outputs; added only when set, so other keys stay as they were.
+    if m.engine == "vllm" and m.vllm_settings.quantization:
+        ident["quantization"] = m.vllm_settings.quantization
+    if m.engine == "lmdeploy":
+        lm = m.lmdeploy_settings
+        ident.update(backend=lm.backend, quant_policy=lm.quant_policy, model_format=lm.model_format)
+    return ident
 
 
 def _gen_params(d: DatasetConfig) -> str:
@@ -268,9 +275,12 @@ def _check_resources(cfg: RunConfig) -> None:
 
     if cfg.ray_address != "local":
         return  # an autoscaling cluster may add the nodes
+    from raveval.engines import replica_resources
+
     m = cfg.model
+    r = replica_resources(m)
     have = ray.cluster_resources()
-    for res, per in (("GPU", m.num_gpus), ("CPU", m.num_cpus)):
+    for res, per in (("GPU", r.total_gpus), ("CPU", r.num_cpus)):
         need = per * m.replicas
         if need > have.get(res, 0):
             raise RuntimeError(f"model {m.name}: {m.replicas} replica(s) x {res.lower()}s={per} need {need} {res}, "
