@@ -13,10 +13,11 @@ from dataclasses import replace
 import torch
 import transformers
 from packaging import version as _version
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
 from raveval.engines.batcher import MicroBatcher
+from raveval.engines.tokens import Tokens
 from raveval.schema import ModelConfig
 
 BUILTIN_TINY = "builtin:tiny-llama"
@@ -72,7 +73,8 @@ class HFEngine(Engine):
         self._threads = max(1, int(cfg.num_cpus)) if self.device.type == "cpu" else None
         self._set_threads()
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokens = Tokens(path)  # the token rules every engine shares
+        self.tokenizer = self.tokens.tok
         kwargs = {_DTYPE_KW: _DTYPES[cfg.dtype], **cfg.engine_args}
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if "device_map" not in kwargs:
@@ -82,16 +84,8 @@ class HFEngine(Engine):
         self.batch_size = cfg.batch_size
         limit = getattr(self.model.config, "max_position_embeddings", None)
         self.max_len = min(cfg.max_model_len, limit) if limit else cfg.max_model_len
-        gen_eos = self.model.generation_config.eos_token_id
-        if gen_eos is None:
-            gen_eos = self.tokenizer.eos_token_id
-        self._eos_ids = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = min(self._eos_ids) if self._eos_ids else 0
-        # Context for an empty loglikelihood context (as lm-eval uses the EOT token).
-        bos = self.tokenizer.bos_token_id
-        self._prefix_id = bos if bos is not None else (min(self._eos_ids) if self._eos_ids else self.pad_id)
+        self._eos_ids = self.tokens.eos_ids
+        self.pad_id = self.tokens.pad_id
         # Ask the model for the needed logit positions only: full [B, L, vocab]
         # logits of a large-vocab model would be gigabytes.
         self._keep_ok = "logits_to_keep" in inspect.signature(self.model.forward).parameters
@@ -106,26 +100,6 @@ class HFEngine(Engine):
     @property
     def batches_run(self) -> int:
         return self.batcher.batches_run
-
-    # ---- tokenisation -------------------------------------------------
-    def _encode_prompt(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tokenizer(prompt).input_ids  # bos added if the tokenizer does
-        text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        # The template writes its own special tokens (bos included).
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def _encode_context(self, context: Prompt) -> tuple[list[int], str]:
-        """Context ids, and the whitespace that moves to the continuations."""
-        if not isinstance(context, str):
-            # The chat template's generation prompt is the boundary; keep it whole.
-            return self._encode_prompt(context), ""
-        # As lm-eval: "Answer: " + "B" is scored as "Answer:" + " B", since
-        # BPE vocabularies attach the space to the following word.
-        n = len(context) - len(context.rstrip())
-        ws = context[len(context) - n :] if n else ""
-        ids = self.tokenizer(context[: len(context) - n]).input_ids
-        return (ids or [self._prefix_id]), ws
 
     # ---- synchronous batch methods ------------------------------------
     def _gen_config(self, params: GenParams):
@@ -146,7 +120,7 @@ class HFEngine(Engine):
     def generate_batch(self, prompts: list[Prompt], params: GenParams) -> list[GenOutput]:
         params = _norm(params)
         keep = max(1, self.max_len - params.max_new_tokens)
-        encs = [self._encode_prompt(p)[-keep:] for p in prompts]  # truncate on the left
+        encs = [self.tokens.prompt(p)[-keep:] for p in prompts]  # truncate on the left
         gc = self._gen_config(params)
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -221,7 +195,7 @@ class HFEngine(Engine):
         singles: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
         multi: list[tuple[int, int, list[int], int]] = []
         for i, (context, conts) in enumerate(items):
-            ctx, ws = self._encode_context(context)
+            ctx, ws = self.tokens.context(context)
             for j, cont in enumerate(conts):
                 cids = self.tokenizer(ws + cont, add_special_tokens=False).input_ids
                 counts[i][j] = len(cids)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
+from raveval.engines.tokens import Tokens
 
 if TYPE_CHECKING:
     from raveval.schema import ModelConfig
@@ -319,63 +320,7 @@ def tokens_prompt(ids: list[int]):
     return tokens_input(ids)
 
 
-# ---- tokenisation, HFEngine's rules ----------------------------------------
-class Tokens:
-    """Prompt and continuation token ids exactly as HFEngine builds them."""
 
-    def __init__(self, path: str):
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(path)
-        gen_eos = None
-        try:
-            from transformers import GenerationConfig
-
-            gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
-        except Exception:  # no generation_config.json
-            pass
-        if gen_eos is None:
-            gen_eos = self.tok.eos_token_id
-        self.eos_ids = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
-        pad = self.tok.pad_token_id
-        if pad is None:
-            pad = min(self.eos_ids) if self.eos_ids else 0
-        bos = self.tok.bos_token_id
-        self.prefix_id = bos if bos is not None else (min(self.eos_ids) if self.eos_ids else pad)
-
-    def prompt(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tok(prompt).input_ids
-        text = self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return self.tok(text, add_special_tokens=False).input_ids
-
-    def context(self, context: Prompt) -> tuple[list[int], str]:
-        if not isinstance(context, str):
-            return self.prompt(context), ""
-        n = len(context) - len(context.rstrip())
-        ws = context[len(context) - n:] if n else ""
-        ids = self.tok(context[: len(context) - n]).input_ids
-        return (ids or [self.prefix_id]), ws
-
-    def continuations(self, ws: str, conts: list[str]) -> list[list[int]]:
-        return [self.tok(ws + c, add_special_tokens=False).input_ids for c in conts]
-
-    def finish(self, token_ids, params: GenParams) -> tuple[str, int]:
-        """Text and token count of a generation, as HFEngine._finish: up to the first eos."""
-        toks = list(token_ids)
-        n = len(toks)
-        for k, t in enumerate(toks):
-            if t in self.eos_ids:
-                n = k
-                break
-        text = self.tok.decode(toks[:n], skip_special_tokens=True)
-        cuts = [c for c in (text.find(s) for s in params.stop if s) if c >= 0]
-        if cuts:
-            text = text[: min(cuts)]
-        return text, n
-
-
-# ---- the engine ------------------------------------------------------------
 class VLLMEngine(Engine):
     supports_choices = True  # GenParams.choices -> SamplingParams.structured_outputs
 
