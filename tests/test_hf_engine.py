@@ -11,14 +11,8 @@ from raveval.engines.hf import HFEngine
 from raveval.engines.tiny_model import build_tiny_model
 from raveval.schema import ModelConfig
 
-PROMPTS = [
-    "Question: What is 2 + 3? Answer:",
-    "The capital of France is",
-    "中国的首都是",
-    "Let x = 4. Then 2x + 1 =",
-    "A",
-    "Once upon a time there was a little girl who lived in a village near the forest.",
-]
+from engine_prompts import PROMPTS
+
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from raveval.engines.vllm_engine import (
 )
 from raveval.schema import ModelConfig
 
+from engine_prompts import PROMPTS
+
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 # CI sets RAVEVAL_REQUIRE_VLLM=1: there a missing or broken vllm fails instead of skipping.
 REQUIRE_VLLM = os.environ.get("RAVEVAL_REQUIRE_VLLM") == "1"
@@ -202,14 +204,6 @@ def test_score_ll_flat_logprobs():
 
 
 # ---- the real engine ---------------------------------------------------------
-PROMPTS = [
-    "Question: What is 2 + 3? Answer:",
-    "The capital of France is",
-    "中国的首都是",
-    "Let x = 4. Then 2x + 1 =",
-    "A",
-    "Once upon a time there was a little girl who lived in a village near the forest.",
-]
 LL_ITEMS = [
     ("Question: What is 2 + 3?\nAnswer:", [" A", " B", " C", " D"]),
     ("中国的首都是", ["北京", "上海"]),
