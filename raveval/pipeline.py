@@ -229,9 +229,6 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
 
 def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dict:
     """Run the request rows through the model and write each finished batch."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
     from raveval.serve import app_name, deploy
 
     t0 = time.perf_counter()
@@ -242,22 +239,11 @@ def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dic
     log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
     ready = _time_ready(app_name(cfg.model))
 
-    table = pa.Table.from_pylist(requests)
-    n_blocks = max(1, min(math.ceil(len(requests) / cfg.batch_rows), 2000))
-    step = math.ceil(len(requests) / n_blocks)
-    blocks = [table.slice(i, step) for i in range(0, len(requests), step)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        ServeCaller,
-        fn_constructor_kwargs={"app": app_name(cfg.model)},
-        batch_size=cfg.batch_rows,
-        batch_format="pyarrow",
-        num_cpus=0,
-        # No more callers than blocks: an idle caller only costs start-up time.
-        compute=ActorPoolStrategy(size=min(cfg.callers, len(blocks)), max_concurrent_calls_per_actor=cfg.calls_per_caller),
-    )
+    batches = caller_stream(requests, ServeCaller, {"app": app_name(cfg.model)}, cfg.batch_rows,
+                            cfg.callers, cfg.calls_per_caller)
     first_row = None
     written = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in batches:
         if first_row is None:
             first_row = time.perf_counter()
         store.write_part(batch)
@@ -267,6 +253,34 @@ def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dic
     t_ready = ready.at or t_end
     return {"rows": written, "ready_s": t_ready - t0, "first_batch_s": (first_row or t_end) - t0,
             "wall_s": t_end - t0, "rows_per_s": written / max(t_end - t_ready, 1e-9)}
+
+
+def pool_size(n_rows: int, batch_rows: int, callers: int) -> int:
+    """Caller actors for a stream: no more than its blocks, since an idle caller only costs start-up."""
+    return max(1, min(callers, math.ceil(n_rows / batch_rows)))
+
+
+def caller_stream(requests: list[dict], caller, ctor_kwargs: dict, batch_rows: int, callers: int,
+                  calls_per_caller: int):
+    """Rows through a pool of CPU-free caller actors (they only wait on Serve or
+    HTTP), one call per batch of `batch_rows`; yields the finished batches."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    table = pa.Table.from_pylist(requests)
+    n_blocks = max(1, min(math.ceil(len(requests) / batch_rows), 2000))
+    step = math.ceil(len(requests) / n_blocks)
+    blocks = [table.slice(i, step) for i in range(0, len(requests), step)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        caller,
+        fn_constructor_kwargs=ctor_kwargs,
+        batch_size=batch_rows,
+        batch_format="pyarrow",
+        num_cpus=0,
+        compute=ActorPoolStrategy(size=pool_size(len(requests), batch_rows, callers),
+                                  max_concurrent_calls_per_actor=calls_per_caller),
+    )
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _check_resources(cfg: RunConfig) -> None:

@@ -105,25 +105,14 @@ def error_rows(requests: list[dict], reasons: list[str]) -> pa.Table:
 def judge_stream(requests: list[dict], endpoints: dict[str, dict], store, *, callers: int = 2,
                  calls_per_caller: int = 4, batch_rows: int = 16, log=print) -> dict:
     """Stream judge requests through the caller actors; write each finished batch."""
-    import ray
-    from ray.data import ActorPoolStrategy
+    from raveval.pipeline import caller_stream, pool_size
 
     t0 = time.perf_counter()
-    table = pa.Table.from_pylist(requests)
-    n_blocks = max(1, math.ceil(len(requests) / batch_rows))
-    step = math.ceil(len(requests) / n_blocks)
-    blocks = [table.slice(i, step) for i in range(0, len(requests), step)]
-    size = min(callers, len(blocks))
-    ds = ray.data.from_arrow(blocks).map_batches(
-        JudgeCaller,
-        fn_constructor_kwargs={"endpoints": endpoints, "callers": size},
-        batch_size=batch_rows,
-        batch_format="pyarrow",
-        num_cpus=0,
-        compute=ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls_per_caller),
-    )
+    size = pool_size(len(requests), batch_rows, callers)
+    batches = caller_stream(requests, JudgeCaller, {"endpoints": endpoints, "callers": size}, batch_rows,
+                            callers, calls_per_caller)
     written = errors = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in batches:
         store.write_part(batch)
         written += batch.num_rows
         errors += batch.num_rows - batch.column("error").null_count
