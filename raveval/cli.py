@@ -14,7 +14,7 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(ns) -> int:
-    from raveval.config import ConfigError, load_config
+    from raveval.config.compose import ConfigError, load_config
 
     config, overrides = _split(ns.args)
     try:
@@ -22,16 +22,16 @@ def cmd_run(ns) -> int:
     except ConfigError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 2
-    from raveval import pipeline
+    from raveval.run import evaluate as pipeline
 
     if ns.dry_run:
-        from raveval.store import Store
+        from raveval.results.store import Store
 
         plan = pipeline.make_plan(cfg)
         print(pipeline.describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
         return 1 if any(d.error for d in plan.datasets) else 0
 
-    from raveval.report import markdown
+    from raveval.results.summary import markdown
 
     try:
         result = pipeline.run(cfg)
@@ -56,7 +56,7 @@ def cmd_run(ns) -> int:
 
 
 def cmd_list(ns) -> int:
-    from raveval.config import list_configs
+    from raveval.config.compose import list_configs
 
     found = list_configs(ns.words)
     for kind, names in found.items():

@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow.compute as pc
 
-    from raveval import pipeline
-    from raveval.config import load_config
-    from raveval.report import markdown
-    from raveval.store import Store
+    from raveval.run import evaluate as pipeline
+    from raveval.config.compose import load_config
+    from raveval.results.summary import markdown
+    from raveval.results.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-lmdeploy-"))
     data = write_ceval(tmp / "ceval", args.rows)

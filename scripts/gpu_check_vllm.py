@@ -5,7 +5,7 @@
    generations compared, choice log-likelihoods by their largest difference,
    ll accuracy on each (`vllm_engine.compare_with_hf`, the function the test
    suite checks on CPU).
-2. Throughput: benchmarks/throughput_vllm.py with `--device cuda`: raveval
+2. Throughput: scripts/benchmarks/throughput_vllm.py with `--device cuda`: raveval
    (Ray Serve replica on one GPU) vs vLLM's offline LLM on the same requests.
 
 Needs GPU vLLM (pip install -e '.[hf,vllm]'); no test needs this script.
@@ -47,8 +47,8 @@ def strict(args) -> bool:
 
 
 def check_parity(args) -> bool:
-    from raveval import pipeline
-    from raveval.config import load_config
+    from raveval.run import evaluate as pipeline
+    from raveval.config.compose import load_config
     from raveval.engines.hf import HFEngine
     from raveval.engines.vllm_engine import VLLMEngine, compare_with_hf
 

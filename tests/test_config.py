@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import yaml
 
-from raveval.config import PACKAGE_CONF, ConfigError, list_configs, load_config, redact, save_config
+from raveval.config.compose import PACKAGE_ROOT, ConfigError, list_configs, load_config, redact, save_config
 
 
 def test_demo_composes_model_and_datasets():
@@ -15,7 +15,7 @@ def test_demo_composes_model_and_datasets():
     assert list(cfg.datasets) == ["demo_mmlu_ll", "demo_ceval_gen", "demo_gsm8k_gen"]
     assert cfg.datasets["demo_mmlu_ll"].mode == "ll"
     # ${pkg:...} resolves into the installed package.
-    assert cfg.datasets["demo_mmlu_ll"].path == str((PACKAGE_CONF.parent / "demo_data/mmlu/test").resolve())
+    assert cfg.datasets["demo_mmlu_ll"].path == str((PACKAGE_ROOT / "demo_data/mmlu/test").resolve())
 
 
 def test_overrides_set_values_and_swap_groups():

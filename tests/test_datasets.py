@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import raveval.datasets
-from raveval.datasets import LOADERS, DatasetError, LoadedDataset, load_dataset
-from raveval.datasets.categories import CEVAL_CATEGORIES, CEVAL_CHINESE_NAMES, MMLU_CATEGORIES
-from raveval.schema import DatasetConfig
+import raveval.tasks.benchmarks
+from raveval.tasks.benchmarks import LOADERS, DatasetError, LoadedDataset, load_dataset
+from raveval.tasks.benchmarks.categories import CEVAL_CATEGORIES, CEVAL_CHINESE_NAMES, MMLU_CATEGORIES
+from raveval.config.schema import DatasetConfig
 
 # Real data lives next to the project (../shared/data); RAVEVAL_SHARED_DATA overrides.
 SHARED = Path(os.environ.get("RAVEVAL_SHARED_DATA")
@@ -21,7 +21,7 @@ SHARED = Path(os.environ.get("RAVEVAL_SHARED_DATA")
 needs_shared = pytest.mark.skipif(
     not all((SHARED / f).is_file() for f in ("mmlu/test.jsonl", "gsm8k/test.jsonl", "gsm8k/train.jsonl")),
     reason=f"shared benchmark data not found at {SHARED} (set RAVEVAL_SHARED_DATA)")
-DEMO = Path(raveval.datasets.__file__).resolve().parents[1] / "demo_data"
+DEMO = Path(raveval.__file__).resolve().parent / "demo_data"
 ROW_KEYS = {"subject", "row_id", "question", "choices", "gold"}
 
 

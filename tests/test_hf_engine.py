@@ -9,7 +9,7 @@ from raveval.engines.base import GenParams
 from raveval.engines.batcher import MicroBatcher
 from raveval.engines.hf import HFEngine
 from raveval.engines.tiny_model import build_tiny_model
-from raveval.schema import ModelConfig
+from raveval.config.schema import ModelConfig
 
 from engine_prompts import PROMPTS
 

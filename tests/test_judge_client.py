@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from raveval.judge.client import ChatClient, MissingApiKey, RequestFailed
-from raveval.judge.limiter import make_limiter
-from raveval.judge.testserver import FakeChatServer
-from raveval.schema import EndpointConfig
+from raveval.http.client import ChatClient, MissingApiKey, RequestFailed
+from raveval.http.limiter import make_limiter
+from fake_judge import FakeChatServer
+from raveval.config.schema import EndpointConfig
 
 
 def endpoint(server, **kw) -> EndpointConfig:

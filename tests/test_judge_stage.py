@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SHARED_DATA
-from raveval.judge.stage import judge_stream
-from raveval.judge.testserver import FakeChatServer
-from raveval.schema import EndpointConfig
-from raveval.store import JUDGEMENTS, Store
+from raveval.stream.judge_stage import judge_stream
+from fake_judge import FakeChatServer
+from raveval.config.schema import EndpointConfig
+from raveval.results.store import JUDGEMENTS, Store
 
 MT_BENCH = SHARED_DATA / "mt_bench"
 
@@ -35,7 +35,7 @@ def requests(n: int, tag: str, endpoint_name: str = "j") -> list[dict]:
 
 
 def stream(reqs, endpoints, work, **kw):
-    from raveval.judge.limiter import ensure_shared_limiter
+    from raveval.http.limiter import ensure_shared_limiter
 
     for cfg in endpoints.values():
         ensure_shared_limiter(EndpointConfig.model_validate(cfg))
@@ -115,8 +115,8 @@ def test_two_concurrent_stages_share_one_budget(ray_local, tmp_path):
 # ---- whole runs --------------------------------------------------------------------
 @pytest.mark.skipif(not (MT_BENCH / "judge_prompts.jsonl").is_file(), reason=f"no MT-Bench data at {MT_BENCH}")
 def test_mt_bench_run_judges_both_turns(ray_local, tmp_path):
-    from raveval import pipeline
-    from raveval.config import load_config
+    from raveval.run import evaluate as pipeline
+    from raveval.config.compose import load_config
 
     with FakeChatServer(requests_per_minute=1200, latency_s=0.01) as srv:
         cfg = load_config("eval_mt_bench", [
@@ -151,8 +151,8 @@ def test_mt_bench_run_judges_both_turns(ray_local, tmp_path):
 def test_api_model_under_test_alpacaeval_pairwise_and_alignbench(ray_local, tmp_path):
     """engine: openai as the model under test; AlpacaEval pairwise (both orders)
     and AlignBench per-dimension grading, judged by the same server."""
-    from raveval import pipeline
-    from raveval.config import load_config
+    from raveval.run import evaluate as pipeline
+    from raveval.config.compose import load_config
 
     data = tmp_path / "alpaca_eval.json"
     data.write_text(json.dumps([{"instruction": f"Write {i} words.", "output": "word " * (i + 1), "generator": "ref",
@@ -223,9 +223,9 @@ def test_local_judge_route_with_guided_verdicts(ray_local, tmp_path):
 
     from ray import serve
 
-    from raveval.config import load_config
-    from raveval.judge.client import ChatClient, RequestFailed
-    from raveval.serve import deploy, wait_ready
+    from raveval.config.compose import load_config
+    from raveval.http.client import ChatClient, RequestFailed
+    from raveval.serving.replica import deploy, wait_ready
 
     port = _free_port()
     serve.shutdown()
@@ -255,7 +255,7 @@ def test_local_judge_route_with_guided_verdicts(ray_local, tmp_path):
 
         free, guided, bad = asyncio.run(ask())
         assert free.completion_tokens >= 1 and free.prompt_tokens > 1
-        from raveval.judge.parse import parse_rating
+        from raveval.tasks.verdicts import parse_rating
 
         assert all(parse_rating(g.text) is not None and g.text.startswith("[[") for g in guided)
         assert bad.status == 400 and bad.retries == 0

@@ -8,11 +8,11 @@ import math
 import pytest
 
 from conftest import SHARED_DATA
-from raveval.config import ConfigError, load_config, redact
-from raveval.judge import parse, tasks
-from raveval.judge import prompts as jp
-from raveval.judge.limiter import TokenBucket, limiter_name
-from raveval.metrics import aggregate_subjective, lc_win_rate
+from raveval.config.compose import ConfigError, load_config, redact
+from raveval.tasks import judging as tasks, verdicts as parse
+from raveval.tasks import judge_prompts as jp
+from raveval.http.limiter import TokenBucket, limiter_name
+from raveval.tasks.scoring import aggregate_subjective, lc_win_rate
 
 MT_PROMPTS = SHARED_DATA / "mt_bench" / "judge_prompts.jsonl"
 needs_mt_bench = pytest.mark.skipif(not MT_PROMPTS.is_file(), reason=f"no MT-Bench judge prompts at {MT_PROMPTS}")
@@ -45,7 +45,7 @@ def test_bucket_never_grants_more_than_the_limit_in_any_window():
     for i in range(500):
         clock.t = i * 0.013  # callers arrive faster than allowed
         times.append(clock.t + b.reserve())
-    from raveval.judge.testserver import FakeChatServer
+    from fake_judge import FakeChatServer
 
     assert FakeChatServer.max_in_window(times, 60.0) <= 120
     assert FakeChatServer.max_in_window(times, 10.0) <= 20
@@ -239,7 +239,7 @@ def test_secrets_redacted_but_not_key_names_or_token_counts():
 def test_judged_dataset_checks(tmp_path):
     cfg = load_config("eval_mt_bench", [f"work_dir={tmp_path}", "datasets.mt_bench_single.prompt.format=plain",
                                         f"data_root={SHARED_DATA}"])
-    from raveval import pipeline
+    from raveval.run import evaluate as pipeline
 
     plan = pipeline.make_plan(cfg)
     assert "prompt.format: chat" in plan.datasets[0].error
@@ -249,7 +249,7 @@ def test_judged_dataset_checks(tmp_path):
 
 def test_judge_requests_cover_every_row_turn_and_order(tmp_path):
     """Rows whose answers are missing become requests with pre_error (never dropped)."""
-    from raveval import pipeline
+    from raveval.run import evaluate as pipeline
 
     qfile = tmp_path / "question.jsonl"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in [
@@ -284,7 +284,7 @@ def test_judge_requests_cover_every_row_turn_and_order(tmp_path):
 # ---- loaders -------------------------------------------------------------------
 @needs_mt_bench
 def test_real_mt_bench_loads_with_reference_answers():
-    from raveval.datasets import load_dataset
+    from raveval.tasks.benchmarks import load_dataset
 
     cfg = load_config("eval_mt_bench", [f"data_root={SHARED_DATA}"]).datasets["mt_bench_single"]
     loaded = load_dataset("mt_bench_single", cfg)
@@ -295,8 +295,8 @@ def test_real_mt_bench_loads_with_reference_answers():
 
 
 def test_subjective_loaders_name_the_bad_place(tmp_path):
-    from raveval.datasets import DatasetError, load_dataset
-    from raveval.schema import DatasetConfig
+    from raveval.tasks.benchmarks import DatasetError, load_dataset
+    from raveval.config.schema import DatasetConfig
 
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question_id": 1, "turns": ["a"]}\n{"question_id": 2, "turns": "b"}\n')

@@ -24,11 +24,11 @@ import zlib
 
 import pytest
 
-from raveval.config import ConfigError, load_config
+from raveval.config.compose import ConfigError, load_config
 from raveval.engines import replica_resources
 from raveval.engines.base import GenParams
 from raveval.engines.lmdeploy_engine import backend_config_kwargs, gen_config_kwargs, lmdeploy_available
-from raveval.schema import ModelConfig
+from raveval.config.schema import ModelConfig
 
 needs_lmdeploy = pytest.mark.skipif(
     not lmdeploy_available(),
@@ -50,7 +50,7 @@ def lm_cfg(**kw) -> ModelConfig:
 # ---- config, placement, conf examples: no lmdeploy needed -------------------
 def test_conf_example_and_dry_run_show_placement(capsys):
     from raveval import cli
-    from raveval.serve import deployment_options
+    from raveval.serving.replica import deployment_options
 
     cfg = load_config("eval_internlm2_ceval_turbomind", DEMO)
     m = cfg.model
@@ -74,7 +74,7 @@ def test_conf_example_and_dry_run_show_placement(capsys):
 
 
 def test_placement_turbomind_holds_its_gpus_pytorch_one_bundle_per_gpu():
-    from raveval.serve import deployment_options
+    from raveval.serving.replica import deployment_options
 
     tm = lm_cfg(num_cpus=2, lmdeploy={"tp": 4})
     assert replica_resources(tm).num_gpus == 4.0 and not replica_resources(tm).bundles
@@ -148,9 +148,9 @@ def test_lmdeploy_server_config_composes_to_an_openai_model():
 def test_short_evaluation_against_a_local_openai_compatible_server(ray_local, tmp_path):
     """C-Eval (demo rows, chat, gen) through engine openai against a real HTTP
     server on 127.0.0.1 speaking the OpenAI chat protocol, as LMDeploy's api_server does."""
-    from raveval import pipeline
-    from raveval.judge.testserver import FakeChatServer
-    from raveval.store import Store
+    from raveval.run import evaluate as pipeline
+    from fake_judge import FakeChatServer
+    from raveval.results.store import Store
 
     seen = []
 
@@ -467,8 +467,8 @@ def test_many_requests_in_flight_and_errors_stay_per_request(tm, loop):
 
 @needs_lmdeploy
 def test_replica_turns_a_failing_row_into_an_error_row(tm, loop, mp_module):
-    from raveval.prompts import encode_prompt
-    from raveval.serve import ModelReplica
+    from raveval.tasks.prompts import encode_prompt
+    from raveval.serving.replica import ModelReplica
 
     eng, be, _ = tm
     replica = ModelReplica.__new__(ModelReplica)  # the replica's request path, on this process's loop
@@ -597,7 +597,7 @@ def test_gpu_check_script_plans_its_ceval_rows(tmp_path):
     """The GPU check's C-Eval rows and config, planned here (its run needs CUDA)."""
     import argparse
 
-    from raveval import pipeline
+    from raveval.run import evaluate as pipeline
 
     script = _gpu_script()
     data = script.write_ceval(tmp_path / "ceval", rows=7)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from raveval.metrics import aggregate, extract_choice, extract_number, score_row
+from raveval.tasks.scoring import aggregate, extract_choice, extract_number, score_row
 
 
 @pytest.mark.parametrize("text, want", [

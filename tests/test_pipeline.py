@@ -4,9 +4,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from raveval import pipeline
-from raveval.config import load_config
-from raveval.store import Store
+from raveval.run import evaluate as pipeline
+from raveval.config.compose import load_config
+from raveval.results.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_error_rows_are_kept_counted_and_retried(ray_local, tmp_path):
 
     batch = pa.Table.from_pylist(plan.requests)
     Store(tmp_path).write_part(pipeline.add_results(batch, [{"error": "ActorDiedError: replica lost"}] * batch.num_rows))
-    from raveval.report import summarize
+    from raveval.results.summary import summarize
 
     summary, failed = summarize(plan, Store(tmp_path).read())
     acc = summary.to_pylist()[0]

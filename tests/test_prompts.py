@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from raveval import prompts
-from raveval.schema import DatasetConfig
+from raveval.tasks import prompts
+from raveval.config.schema import DatasetConfig
 
 ROW = {"subject": "high_school_physics", "row_id": "high_school_physics/3", "question": "What is 2+2?",
        "choices": ["3", "4", "5", "6"], "gold": "B", "explanation": ""}

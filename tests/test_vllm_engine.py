@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from raveval.config import ConfigError, load_config
+from raveval.config.compose import ConfigError, load_config
 from raveval.engines import replica_resources
 from raveval.engines.base import GenParams
 from raveval.engines.vllm_engine import (
@@ -24,7 +24,7 @@ from raveval.engines.vllm_engine import (
     score_ll,
     span_logprob,
 )
-from raveval.schema import ModelConfig
+from raveval.config.schema import ModelConfig
 
 from engine_prompts import PROMPTS
 
@@ -59,7 +59,7 @@ def _vllm_cfg(**kw) -> ModelConfig:
 
 # ---- config, placement, request planning: no vllm needed -------------------
 def test_demo_config_and_plan_show_resources():
-    from raveval import pipeline
+    from raveval.run import evaluate as pipeline
 
     cfg = load_config("demo_vllm", ["~model.engine_args"])  # no pass-through: loads without vllm too
     m = cfg.model
@@ -70,7 +70,7 @@ def test_demo_config_and_plan_show_resources():
 
 
 def test_gpu_placement_one_bundle_per_gpu():
-    from raveval.serve import deployment_options
+    from raveval.serving.replica import deployment_options
 
     one = _vllm_cfg(device="cuda")
     assert replica_resources(one).num_gpus == 1.0 and not replica_resources(one).bundles
@@ -259,7 +259,7 @@ def hf_engine():
 
 
 def _demo_requests():
-    from raveval import pipeline
+    from raveval.run import evaluate as pipeline
 
     cfg = load_config("demo_vllm", ["~model.engine_args"])
     return cfg, pipeline.make_plan(cfg).requests
@@ -389,11 +389,11 @@ def test_serve_run_with_vllm_matches_hf_accuracy(vllm_engine, hf_engine, ray_loc
     every row scored, ll accuracy and choice scores as with HFEngine."""
     from ray import serve
 
-    from raveval import pipeline
-    from raveval.metrics import score_row
-    from raveval.prompts import decode_prompt
-    from raveval.serve import app_name
-    from raveval.store import Store
+    from raveval.run import evaluate as pipeline
+    from raveval.tasks.scoring import score_row
+    from raveval.tasks.prompts import decode_prompt
+    from raveval.serving.replica import app_name
+    from raveval.results.store import Store
 
     cfg = load_config("demo_vllm", [f"work_dir={tmp_path}", "datasets=[demo_mmlu_ll,demo_gsm8k_gen]",
                                     "datasets.demo_gsm8k_gen.limit=6"])

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
 
 if TYPE_CHECKING:
-    from raveval.schema import ModelConfig
+    from raveval.config.schema import ModelConfig
 
 __all__ = ["Engine", "GenOutput", "GenParams", "LLOutput", "Prompt", "ReplicaResources", "build_engine",
            "replica_resources"]

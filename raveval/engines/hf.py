@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
 from raveval.engines.batcher import MicroBatcher
 from raveval.engines.tokens import Tokens
-from raveval.schema import ModelConfig
+from raveval.config.schema import ModelConfig
 
 BUILTIN_TINY = "builtin:tiny-llama"
 # transformers < 4.56 calls the argument torch_dtype (and ignores `dtype`).

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
 
 if TYPE_CHECKING:
-    from raveval.schema import DatasetConfig, ModelConfig
+    from raveval.config.schema import DatasetConfig, ModelConfig
 
 INSTALL_HINT = ("pip install 'raveval[lmdeploy]' on a CUDA machine; for the config checks and tests only: "
                 "scripts/setup_env.sh (lmdeploy==0.18.0 --no-deps and the few packages its import needs)")

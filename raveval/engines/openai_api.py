@@ -15,8 +15,8 @@ class OpenAIEngine(Engine):
     supports_choices = True  # sent as structured_outputs.choice (vLLM-style servers)
 
     def __init__(self, cfg):
-        from raveval.judge.client import ChatClient
-        from raveval.judge.limiter import make_limiter
+        from raveval.http.client import ChatClient
+        from raveval.http.limiter import make_limiter
 
         if cfg.api is None:
             raise ValueError("engine openai needs model.api")

@@ -33,7 +33,7 @@ from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
 from raveval.engines.tokens import Tokens
 
 if TYPE_CHECKING:
-    from raveval.schema import ModelConfig
+    from raveval.config.schema import ModelConfig
 
 BUILTIN_TINY = "builtin:tiny-llama"
 # Engine arguments raveval sets from typed config keys: the pass-through may not set them.
@@ -392,8 +392,8 @@ async def compare_with_hf(vllm_engine: VLLMEngine, hf_engine, requests: list[dic
     their largest difference, and the ll accuracy of each engine."""
     import json as _json
 
-    from raveval.metrics import score_row
-    from raveval.prompts import decode_prompt
+    from raveval.tasks.scoring import score_row
+    from raveval.tasks.prompts import decode_prompt
 
     def gen_params(r: dict) -> GenParams:
         d = _json.loads(r["params"])

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 from .common import DatasetError, Parsed, existing, make_row, read_jsonl
 

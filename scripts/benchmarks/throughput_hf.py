@@ -6,7 +6,7 @@ then through a loop that calls the same Hugging Face engine's batch methods
 directly. Prints wall time, steady-state rows/s and raveval's fixed start-up
 (ray init + deploy + first row), side by side.
 
-    .venv/bin/python benchmarks/throughput_hf.py [--data-root ../shared/data] [--limit N]
+    .venv/bin/python scripts/benchmarks/throughput_hf.py [--data-root ../shared/data] [--limit N]
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from raveval import pipeline
-from raveval.config import load_config
-from raveval.store import Store
+from raveval.run import evaluate as pipeline
+from raveval.config.compose import load_config
+from raveval.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def plain_loop(cfg, requests: list[dict]) -> dict:
     """The baseline: one process, the engine's own batch methods, batch_size rows at a time."""
     from raveval.engines.base import GenParams
     from raveval.engines.hf import HFEngine
-    from raveval.prompts import decode_prompt
+    from raveval.tasks.prompts import decode_prompt
 
     t0 = time.perf_counter()
     engine = HFEngine(cfg.model)

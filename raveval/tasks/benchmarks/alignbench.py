@@ -7,7 +7,7 @@ dimensions of the question's answer type, with the reference answer, and a
 """
 from __future__ import annotations
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 from .common import DatasetError, Parsed, existing, make_row, read_jsonl
 

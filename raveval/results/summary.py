@@ -5,7 +5,7 @@ import math
 
 import pyarrow as pa
 
-from raveval.metrics import aggregate, aggregate_subjective, is_score_metric
+from raveval.tasks.scoring import aggregate, aggregate_subjective, is_score_metric
 
 SUMMARY_SCHEMA = pa.schema([
     ("model", pa.string()), ("dataset", pa.string()), ("metric", pa.string()),

@@ -10,7 +10,7 @@ what else runs on the machine shows; the ratio is against the mean of the two
 vLLM runs. Prints start-up, rows/s after start-up and the ratio, and checks
 that both sides scored the same.
 
-    .venv/bin/python benchmarks/throughput_vllm.py [--data-root ../shared/data] [--limit N]
+    .venv/bin/python scripts/benchmarks/throughput_vllm.py [--data-root ../shared/data] [--limit N]
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def offline_vllm(cfg, requests: list[dict]) -> dict:
         supports_next_token_scoring,
         tokens_prompt,
     )
-    from raveval.prompts import decode_prompt
+    from raveval.tasks.prompts import decode_prompt
 
     t0 = time.perf_counter()
     path = resolve_model_path(cfg.model.path)
@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="more config overrides, e.g. model.engine_args.max_num_seqs=512 (both sides)")
     args = ap.parse_args(argv)
 
-    from raveval import pipeline
-    from raveval.config import load_config
-    from raveval.metrics import score_row
-    from raveval.store import Store
+    from raveval.run import evaluate as pipeline
+    from raveval.config.compose import load_config
+    from raveval.tasks.scoring import score_row
+    from raveval.results.store import Store
 
     work = tempfile.mkdtemp(prefix="raveval-bench-vllm-")
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm-cache"))

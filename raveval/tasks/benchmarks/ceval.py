@@ -3,7 +3,7 @@ with a header `id,question,A,B,C,D,answer[,explanation]`. The test split has no 
 so its gold is "". Few-shot (dev) rows also carry `explanation`."""
 from __future__ import annotations
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 from .categories import CEVAL_CATEGORIES
 from .common import DatasetError, Parsed, existing, letter, make_row, read_csv, split_files

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 from . import alignbench, alpacaeval, ceval, generic, gsm8k, mmlu, mt_bench
 from .common import DatasetError, LoadedDataset, Parsed, finalize

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raveval import prompts
-from raveval.config import save_config
-from raveval.metrics import score_row
-from raveval.schema import DatasetConfig, ModelConfig, RunConfig
-from raveval.store import Store, row_key
+from raveval.tasks import prompts
+from raveval.config.compose import save_config
+from raveval.tasks.scoring import score_row
+from raveval.config.schema import DatasetConfig, ModelConfig, RunConfig
+from raveval.results.store import Store, row_key
 
 # Columns the Serve replica needs from each request row.
 REQUEST_FIELDS = ["mode", "chat", "prompt", "continuations", "params"]
@@ -100,8 +100,8 @@ def build_requests(name: str, d: DatasetConfig, loaded, model: ModelConfig, mode
 
 def make_plan(cfg: RunConfig) -> Plan:
     """Load every dataset and build its request rows; a failure marks that dataset only."""
-    from raveval.datasets import load_dataset
-    from raveval.judge.tasks import check as judge_check
+    from raveval.tasks.benchmarks import load_dataset
+    from raveval.tasks.judging import check as judge_check
 
     model_id = model_identity(cfg.model)
     plans = []
@@ -124,7 +124,7 @@ def make_plan(cfg: RunConfig) -> Plan:
 
 def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
     """The plan in words: what --dry-run prints."""
-    from raveval.config import redact
+    from raveval.config.compose import redact
     from raveval.engines import replica_resources
 
     m = plan.cfg.model
@@ -165,7 +165,7 @@ class ServeCaller:
     def __init__(self, app: str):
         from ray import serve
 
-        from raveval.serve import wait_ready
+        from raveval.serving.replica import wait_ready
 
         self.handle = serve.get_deployment_handle("model", app)
         self.ready = None  # one readiness wait shared by the calls in flight
@@ -229,7 +229,7 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
 
 def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dict:
     """Run the request rows through the model and write each finished batch."""
-    from raveval.serve import app_name, deploy
+    from raveval.serving.replica import app_name, deploy
 
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
@@ -304,7 +304,7 @@ def _check_resources(cfg: RunConfig) -> None:
 def _time_ready(app: str) -> threading.Thread:
     """A thread that notes when the app starts serving (`.at`), for the start-up figure;
     the stream itself does not wait for it."""
-    from raveval.serve import ModelStartError, wait_ready
+    from raveval.serving.replica import ModelStartError, wait_ready
 
     def watch():
         try:
@@ -330,7 +330,7 @@ class RunResult:
 
 def run(cfg: RunConfig, log=print) -> RunResult:
     """The whole evaluation: plan, stream what is not finished yet, summarize."""
-    from raveval.report import markdown, summarize
+    from raveval.results.summary import markdown, summarize
 
     work = Path(cfg.work_dir)
     save_config(cfg, work)
@@ -344,7 +344,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
         stats.update(stream(cfg, todo, store, log))
     judgements = None
     if any(d.cfg.judge is not None and not d.error for d in plan.datasets):
-        from raveval.judge.stage import read_judgements, run_judging
+        from raveval.stream.judge_stage import read_judgements, run_judging
 
         stats.update(run_judging(cfg, plan, store, log))
         judgements = read_judgements(work)
@@ -364,6 +364,6 @@ def shutdown(cfg: RunConfig) -> None:
     else:
         from ray import serve
 
-        from raveval.serve import app_name
+        from raveval.serving.replica import app_name
 
         serve.delete(app_name(cfg.model))

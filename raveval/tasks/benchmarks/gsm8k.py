@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 from .common import DatasetError, Parsed, existing, make_row, read_jsonl
 

@@ -7,8 +7,8 @@ minute and answers each request after a fixed latency. Prints the rate the
 server saw against the limit (target: at least 0.95 of it), the most requests
 it saw in any 60 s window, and the wall time against the ideal N / R.
 
-    .venv/bin/python benchmarks/judge_throughput.py [--n 1000] [--rpm 600] [--latency 0.05]
-    .venv/bin/python benchmarks/judge_throughput.py --mode client   # one process, no Ray
+    .venv/bin/python scripts/benchmarks/judge_throughput.py [--n 1000] [--rpm 600] [--latency 0.05]
+    .venv/bin/python scripts/benchmarks/judge_throughput.py --mode client   # one process, no Ray
 
 `--mode client` runs the same client in this process with an in-process
 limiter: the difference to `stage` is the cost of Ray (actor start-up, the
@@ -21,10 +21,14 @@ import asyncio
 import json
 import shutil
 import tempfile
+import sys
 import time
+from pathlib import Path
 
-from raveval.judge.testserver import FakeChatServer
-from raveval.schema import EndpointConfig
+# The fault-injecting judge server is test tooling: it lives in tests/, not in the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from fake_judge import FakeChatServer  # noqa: E402
+from raveval.config.schema import EndpointConfig  # noqa: E402
 
 
 def judge_requests(n: int) -> list[dict]:
@@ -37,10 +41,10 @@ def judge_requests(n: int) -> list[dict]:
 
 
 def run_stage(cfg: EndpointConfig, reqs: list[dict], work: str, callers: int, marks: dict) -> tuple[int, int]:
-    from raveval.judge.limiter import ensure_shared_limiter
-    from raveval.judge.stage import judge_stream
-    from raveval.pipeline import init_ray
-    from raveval.store import JUDGEMENTS, Store
+    from raveval.http.limiter import ensure_shared_limiter
+    from raveval.stream.judge_stage import judge_stream
+    from raveval.run.evaluate import init_ray
+    from raveval.results.store import JUDGEMENTS, Store
 
     init_ray("local", temp_dir=tempfile.mkdtemp(prefix="rv-", dir="/tmp"))
     ensure_shared_limiter(cfg)
@@ -53,8 +57,8 @@ def run_stage(cfg: EndpointConfig, reqs: list[dict], work: str, callers: int, ma
 
 
 def run_client(cfg: EndpointConfig, reqs: list[dict]) -> tuple[int, int]:
-    from raveval.judge.client import ChatClient, RequestFailed
-    from raveval.judge.limiter import make_limiter
+    from raveval.http.client import ChatClient, RequestFailed
+    from raveval.http.limiter import make_limiter
 
     async def main():
         client = ChatClient(cfg, make_limiter(cfg, shared=False))

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from raveval.judge import parse
-from raveval.judge import prompts as jp
+from raveval.tasks import verdicts as parse
+from raveval.tasks import judge_prompts as jp
 
 SUBJECTIVE_LOADERS = ("mt_bench", "alignbench", "alpacaeval")
 MODES = {"mt_bench": ("single", "pairwise"), "alignbench": ("single",), "alpacaeval": ("pairwise",)}
@@ -58,7 +58,7 @@ def n_turns(row: dict) -> int:
 # ---- multi-turn ------------------------------------------------------------
 def followup_requests(dplan, turn: int, preds: dict[str, dict], model_id: dict) -> list[dict]:
     """Requests of `turn` (>= 2) for rows whose turn-1..turn-1 answers exist."""
-    from raveval.store import row_key
+    from raveval.results.store import row_key
 
     by_turn = {(r["row_id"], r.get("turn", 1)): r for r in dplan.requests}
     out = []
@@ -86,10 +86,10 @@ def load_baseline(dplan) -> Optional[dict[str, list[str]]]:
     if j.mode != "pairwise" or not j.baseline_path:
         return None
     if dplan.cfg.loader == "mt_bench":
-        from raveval.datasets.mt_bench import load_answers
+        from raveval.tasks.benchmarks.mt_bench import load_answers
 
         return load_answers(Path(j.baseline_path))
-    from raveval.datasets.alpacaeval import load_baseline as load_outputs
+    from raveval.tasks.benchmarks.alpacaeval import load_baseline as load_outputs
 
     outputs = load_outputs(Path(j.baseline_path))
     return {r["row_id"]: [outputs[r["question"]]] for r in dplan.rows if r["question"] in outputs}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raveval.judge.tasks import interpret
+from raveval.tasks.judging import interpret
 
 # Columns a caller needs from each judge request row.
 JUDGE_INPUT = ["endpoint", "messages", "max_tokens", "temperature", "guided", "parser", "order"]
@@ -46,7 +46,7 @@ class JudgeCaller:
     """Ray Data stage: judges a batch of rows concurrently; takes no CPU (it only waits)."""
 
     def __init__(self, endpoints: dict[str, dict], callers: int = 1):
-        from raveval.schema import EndpointConfig
+        from raveval.config.schema import EndpointConfig
 
         self.cfgs = {n: EndpointConfig.model_validate(c) for n, c in endpoints.items()}
         self.callers = max(1, callers)
@@ -54,8 +54,8 @@ class JudgeCaller:
 
     def _client(self, name: str):
         if name not in self.clients:
-            from raveval.judge.client import ChatClient
-            from raveval.judge.limiter import make_limiter
+            from raveval.http.client import ChatClient
+            from raveval.http.limiter import make_limiter
 
             cfg = self.cfgs[name]
             # The endpoint's max_concurrent is shared out among the callers.
@@ -73,7 +73,7 @@ class JudgeCaller:
 
 
 async def judge_one(get_client, r: dict) -> dict:
-    from raveval.judge.client import RequestFailed
+    from raveval.http.client import RequestFailed
 
     try:
         client = get_client(r["endpoint"])
@@ -105,7 +105,7 @@ def error_rows(requests: list[dict], reasons: list[str]) -> pa.Table:
 def judge_stream(requests: list[dict], endpoints: dict[str, dict], store, *, callers: int = 2,
                  calls_per_caller: int = 4, batch_rows: int = 16, log=print) -> dict:
     """Stream judge requests through the caller actors; write each finished batch."""
-    from raveval.pipeline import caller_stream, pool_size
+    from raveval.run.evaluate import caller_stream, pool_size
 
     t0 = time.perf_counter()
     size = pool_size(len(requests), batch_rows, callers)
@@ -121,11 +121,11 @@ def judge_stream(requests: list[dict], endpoints: dict[str, dict], store, *, cal
 
 def run_judging(cfg, plan, store, log=print) -> dict:
     """The judge pass of a run (see the module doc). Returns stats."""
-    from raveval import pipeline
-    from raveval.judge import tasks
-    from raveval.judge.limiter import ensure_shared_limiter
-    from raveval.judge.prompts import load_mt_bench_prompts
-    from raveval.store import JUDGEMENTS, Store
+    from raveval.run import evaluate as pipeline
+    from raveval.tasks import judging as tasks
+    from raveval.http.limiter import ensure_shared_limiter
+    from raveval.tasks.judge_prompts import load_mt_bench_prompts
+    from raveval.results.store import JUDGEMENTS, Store
 
     judged = [d for d in plan.datasets if d.cfg.judge is not None and not d.error]
     stats: dict = {"judged": 0, "judge_errors": 0}
@@ -190,6 +190,6 @@ def _predictions(store) -> dict[str, dict]:
 
 
 def read_judgements(work_dir: str | Path):
-    from raveval.store import JUDGEMENTS, Store
+    from raveval.results.store import JUDGEMENTS, Store
 
     return Store(work_dir, JUDGEMENTS).read()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from raveval.datasets.categories import CEVAL_CHINESE_NAMES
+from raveval.tasks.benchmarks.categories import CEVAL_CHINESE_NAMES
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 LETTERS = "ABCDEFGHIJ"
 

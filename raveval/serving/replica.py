@@ -14,7 +14,7 @@ import time
 
 from ray import serve
 
-from raveval.schema import ModelConfig
+from raveval.config.schema import ModelConfig
 
 
 class ModelReplica:
@@ -29,7 +29,7 @@ class ModelReplica:
 
     async def _run_one(self, req: dict) -> dict:
         from raveval.engines.base import GenParams
-        from raveval.prompts import decode_prompt
+        from raveval.tasks.prompts import decode_prompt
 
         start = time.perf_counter()
         out = {"text": None, "logprobs": None, "prompt_tokens": None, "output_tokens": None, "error": None}

@@ -16,10 +16,11 @@ import yaml
 from omegaconf import OmegaConf
 from pydantic import ValidationError
 
-from raveval.schema import RunConfig
+from raveval.config.schema import RunConfig
 
-PACKAGE_CONF = Path(__file__).parent / "conf"
-PACKAGE_ROOT = Path(__file__).parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the raveval package
+# An installed wheel carries the configs as raveval/conf; a checkout keeps them at its top, conf/.
+PACKAGE_CONF = next((d for d in (PACKAGE_ROOT / "conf", PACKAGE_ROOT.parent / "conf") if d.is_dir()), PACKAGE_ROOT / "conf")
 DEFAULT_CONFIG = "demo"
 GROUPS = ("model", "datasets", "judges")
 # A key whose last word names a secret (hf_token, api_key, password); not
@@ -43,6 +44,8 @@ if not OmegaConf.has_resolver("pkg"):
 def search_dirs() -> list[Path]:
     """Config folders, first match wins: ./conf of the user, then the package's."""
     user = Path.cwd() / "conf"
+    if user.resolve() == PACKAGE_CONF.resolve():  # running from the checkout itself
+        return [PACKAGE_CONF]
     return [d for d in (user, PACKAGE_CONF) if d.is_dir()]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raveval.schema import DatasetConfig
+from raveval.config.schema import DatasetConfig
 
 from .categories import MMLU_CATEGORIES
 from .common import DatasetError, Parsed, existing, letter, make_row, read_csv, read_jsonl, snake, split_files
