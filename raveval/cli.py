@@ -14,7 +14,8 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(ns) -> int:
-    from raveval.config.compose import ConfigError, load_config
+    from raveval.config.compose import ConfigError
+    from raveval.run.config import load_config
 
     config, overrides = _split(ns.args)
     try:

@@ -65,7 +65,7 @@ def overrides(args, data: Path, work: Path) -> list[str]:
           f"model.lmdeploy.max_batch_size={args.max_batch_size}",
           f"model.lmdeploy.cache_max_entry_count={args.cache_max_entry_count}",
           f"model.lmdeploy.trust_remote_code={str(args.trust_remote_code).lower()}",
-          f"work_dir={work}", "resume=false", f"batch_rows={args.batch_rows}"]
+          f"work_dir={work}", "resume=false", f"model_stream.batch_rows={args.batch_rows}"]
     return o + list(args.set)
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.compute as pc
 
     from raveval.run import evaluate as pipeline
-    from raveval.config.compose import load_config
+    from raveval.run.config import load_config
     from raveval.results.summary import markdown
     from raveval.results.store import Store
 

@@ -48,7 +48,7 @@ def strict(args) -> bool:
 
 def check_parity(args) -> bool:
     from raveval.run import evaluate as pipeline
-    from raveval.config.compose import load_config
+    from raveval.run.config import load_config
     from raveval.engines.hf import HFEngine
     from raveval.engines.vllm_engine import VLLMEngine, compare_with_hf
 

@@ -6,7 +6,9 @@ import textwrap
 import pytest
 import yaml
 
-from raveval.config.compose import PACKAGE_ROOT, ConfigError, list_configs, load_config, redact, save_config
+from raveval.config.compose import PACKAGE_ROOT, ConfigError, list_configs, redact, save_config
+
+from raveval.run.config import load_config
 
 
 def test_demo_composes_model_and_datasets():
@@ -30,7 +32,9 @@ def test_overrides_set_values_and_swap_groups():
     ("model.batchsize=3", "model.batchsize", "unknown key"),
     ("datasets.demo_mmlu_ll.mode=foo", "datasets.demo_mmlu_ll.mode", "'ll' or 'gen'"),
     ("model.replicas=two", "model.replicas", "valid integer"),
-    ("calls_per_caller=0", "calls_per_caller", "greater than or equal to 1"),
+    ("model_stream.calls_per_caller=0", "model_stream.calls_per_caller", "greater than or equal to 1"),
+    ("calls_per_caller=2", "calls_per_caller", "moved to model_stream.calls_per_caller"),
+    ("judge_batch_rows=8", "judge_batch_rows", "moved to judge_stream.batch_rows"),
 ])
 def test_bad_override_names_key_and_override(override, key, why):
     with pytest.raises(ConfigError) as e:

@@ -116,7 +116,7 @@ def test_two_concurrent_stages_share_one_budget(ray_local, tmp_path):
 @pytest.mark.skipif(not (MT_BENCH / "judge_prompts.jsonl").is_file(), reason=f"no MT-Bench data at {MT_BENCH}")
 def test_mt_bench_run_judges_both_turns(ray_local, tmp_path):
     from raveval.run import evaluate as pipeline
-    from raveval.config.compose import load_config
+    from raveval.run.config import load_config
 
     with FakeChatServer(requests_per_minute=1200, latency_s=0.01) as srv:
         cfg = load_config("eval_mt_bench", [
@@ -152,7 +152,7 @@ def test_api_model_under_test_alpacaeval_pairwise_and_alignbench(ray_local, tmp_
     """engine: openai as the model under test; AlpacaEval pairwise (both orders)
     and AlignBench per-dimension grading, judged by the same server."""
     from raveval.run import evaluate as pipeline
-    from raveval.config.compose import load_config
+    from raveval.run.config import load_config
 
     data = tmp_path / "alpaca_eval.json"
     data.write_text(json.dumps([{"instruction": f"Write {i} words.", "output": "word " * (i + 1), "generator": "ref",
@@ -223,7 +223,7 @@ def test_local_judge_route_with_guided_verdicts(ray_local, tmp_path):
 
     from ray import serve
 
-    from raveval.config.compose import load_config
+    from raveval.run.config import load_config
     from raveval.http.client import ChatClient, RequestFailed
     from raveval.serving.replica import deploy, wait_ready
 

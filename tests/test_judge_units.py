@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import SHARED_DATA
-from raveval.config.compose import ConfigError, load_config, redact
+from raveval.config.compose import ConfigError, redact
+from raveval.run.config import load_config
 from raveval.tasks import judging as tasks, verdicts as parse
 from raveval.tasks import judge_prompts as jp
 from raveval.http.limiter import TokenBucket, limiter_name

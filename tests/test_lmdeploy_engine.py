@@ -24,7 +24,9 @@ import zlib
 
 import pytest
 
-from raveval.config.compose import ConfigError, load_config
+from raveval.config.compose import ConfigError
+
+from raveval.run.config import load_config
 from raveval.engines import replica_resources
 from raveval.engines.base import GenParams
 from raveval.engines.lmdeploy_engine import backend_config_kwargs, gen_config_kwargs, lmdeploy_available
@@ -161,7 +163,7 @@ def test_short_evaluation_against_a_local_openai_compatible_server(ray_local, tm
     with FakeChatServer(latency_s=0.0, responder=responder) as srv:
         cfg = load_config("eval_internlm2_ceval_turbomind", [
             *GEN_ONLY, "model=lmdeploy_server", f"model.api.base_url={srv.base_url}",
-            "datasets.ceval_val_gen.prompt.k_shot=1", "datasets.ceval_val_gen.limit=3", "callers=1",
+            "datasets.ceval_val_gen.prompt.k_shot=1", "datasets.ceval_val_gen.limit=3", "model_stream.callers=1",
             f"work_dir={tmp_path}"])
         result = pipeline.run(cfg, log=lambda *_: None)
     assert not result.failed, result.failed
@@ -603,7 +605,7 @@ def test_gpu_check_script_plans_its_ceval_rows(tmp_path):
     data = script.write_ceval(tmp_path / "ceval", rows=7)
     args = argparse.Namespace(model="/models/m", dtype="auto", max_model_len=2048, backend="pytorch", tp=2,
                               max_batch_size=64, cache_max_entry_count=0.5, trust_remote_code=True,
-                              batch_rows=128, set=["callers=1"])
+                              batch_rows=128, set=["model_stream.callers=1"])
     cfg = load_config("eval_internlm2_ceval_turbomind", script.overrides(args, data, tmp_path / "work"))
     m = cfg.model
     assert (m.path, m.lmdeploy_settings.backend, m.lmdeploy_settings.tp, m.lmdeploy_settings.trust_remote_code) == \

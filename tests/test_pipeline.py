@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raveval.run import evaluate as pipeline
-from raveval.config.compose import load_config
+from raveval.run.config import load_config
 from raveval.results.store import Store
 
 

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from raveval.config.compose import ConfigError, load_config
+from raveval.config.compose import ConfigError
+
+from raveval.run.config import load_config
 from raveval.engines import replica_resources
 from raveval.engines.base import GenParams
 from raveval.engines.vllm_engine import (

@@ -3,20 +3,21 @@
 A run config is a YAML file with a Hydra defaults list that picks one
 `model` and a list of `datasets` from the config groups in `conf/`, plus
 `key=value` overrides from the command line. The composed dict is validated
-against `schema.RunConfig`; an error names the key and the file (or override)
-it came from, before any work starts.
+against a typed schema (the run's is `run.config.RunConfig`); an error names
+the key and the file (or override) it came from, before any work starts.
 """
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from omegaconf import OmegaConf
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from raveval.config.schema import RunConfig
+M = TypeVar("M", bound=BaseModel)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the raveval package
 # An installed wheel carries the configs as raveval/conf; a checkout keeps them at its top, conf/.
@@ -148,22 +149,26 @@ def source_of(path: tuple, sources: dict) -> str:
     return str(sources["primary"])
 
 
-def validate(data: dict, sources: dict) -> RunConfig:
+def validate(data: dict, sources: dict, schema: type[M], moved: dict[str, str] | None = None) -> M:
+    """`data` as an instance of `schema`, or a ConfigError with one line per
+    problem naming the key and where it was set. `moved`: old key -> its new
+    place, for keys that moved (reported as such, not as unknown)."""
+    lines = []
+    for old, new in (moved or {}).items():
+        if old in data:
+            lines.append(f"  {old}: moved to {new} (from {source_of((old,), sources)})")
+    data = {k: v for k, v in data.items() if k not in (moved or {})}
     try:
-        return RunConfig.model_validate(data)
+        result = schema.model_validate(data)
     except ValidationError as e:
-        lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
             key = ".".join(str(p) for p in loc) or "(top level)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {key}: {msg} (from {source_of(loc, sources)})")
+    if lines:
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
-
-
-def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    data, sources = compose(config, overrides)
-    return validate(data, sources)
+    return result
 
 
 def redact(node):
@@ -175,7 +180,7 @@ def redact(node):
     return node
 
 
-def save_config(cfg: RunConfig, work_dir: Path) -> Path:
+def save_config(cfg: BaseModel, work_dir: Path) -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / "config.yaml"
     data = redact(json.loads(cfg.model_dump_json()))

@@ -251,47 +251,10 @@ class ModelConfig(Strict):
         return self.lmdeploy if self.lmdeploy is not None else LMDeployConfig()
 
 
-class RunConfig(Strict):
-    model: ModelConfig
-    datasets: dict[str, DatasetConfig]
-    work_dir: str
-    # Root folder that dataset paths may interpolate as ${data_root}.
-    data_root: str = "data"
-    # Ray cluster: "local" starts one in-process; "auto" joins the running cluster.
-    ray_address: str = "local"
-    # Rows per Serve call; each call's rows run concurrently in the replica.
+class StreamConfig(Strict):
+    """One Ray Data stage of CPU-free caller actors (model calls or judge calls)."""
+    # Rows per call (one Serve call, or one batch of judge requests run concurrently).
     batch_rows: int = Field(256, ge=1)
-    # Data callers (CPU-free actors) and batches in flight per caller.
+    # Caller actors (they take no CPU: they only wait) and calls in flight per caller.
     callers: int = Field(2, ge=1)
     calls_per_caller: int = Field(4, ge=1)
-    resume: bool = True
-    # LLM judge endpoints by name (conf/judges/*.yaml); datasets name theirs in `judge.endpoint`.
-    judges: dict[str, EndpointConfig] = {}
-    # Judge stage: caller actors (CPU-free), batches in flight per caller, rows per batch.
-    judge_callers: int = Field(2, ge=1)
-    judge_calls_per_caller: int = Field(4, ge=1)
-    judge_batch_rows: int = Field(16, ge=1)
-    # Port of Serve's HTTP proxy on a local Ray, started only when a model has http_route.
-    http_port: int = Field(8000, ge=1, le=65535)
-
-    @model_validator(mode="after")
-    def _has_datasets(self):
-        if not self.datasets:
-            raise ValueError("datasets: at least one dataset is required")
-        return self
-
-    @model_validator(mode="after")
-    def _judges_and_api_models(self):
-        for name, d in self.datasets.items():
-            if d.judge is not None and d.judge.endpoint not in self.judges:
-                have = ", ".join(sorted(self.judges)) or "none"
-                raise ValueError(f"datasets.{name}.judge.endpoint: no judge endpoint {d.judge.endpoint!r} "
-                                 f"under `judges` (have: {have})")
-            if self.model.engine == "lmdeploy":
-                from raveval.engines.lmdeploy_engine import check_dataset
-
-                check_dataset(self.model, name, d)
-            if self.model.engine == "openai" and d.mode == "ll":
-                raise ValueError(f"datasets.{name}.mode: 'll' needs log-likelihoods, which engine 'openai' "
-                                 "(chat completions) cannot give; use mode: gen")
-        return self

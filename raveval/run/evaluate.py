@@ -19,7 +19,8 @@ import pyarrow as pa
 from raveval.tasks import prompts
 from raveval.config.compose import save_config
 from raveval.tasks.scoring import score_row
-from raveval.config.schema import DatasetConfig, ModelConfig, RunConfig
+from raveval.config.schema import DatasetConfig, ModelConfig
+from raveval.run.config import RunConfig
 from raveval.results.store import Store, row_key
 
 # Columns the Serve replica needs from each request row.
@@ -135,7 +136,7 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
         *([f"  vllm: device={m.device} max_model_len={m.max_model_len} "
            + " ".join(f"{k}={v}" for k, v in m.vllm_settings.model_dump().items())
            + (f" engine_args={redact(m.engine_args)}" if m.engine_args else "")] if m.engine == "vllm" else []),
-        f"  callers: {plan.cfg.callers} x {plan.cfg.calls_per_caller} calls in flight, {plan.cfg.batch_rows} rows per call (num_cpus=0)",
+        f"  callers: {plan.cfg.model_stream.callers} x {plan.cfg.model_stream.calls_per_caller} calls in flight, {plan.cfg.model_stream.batch_rows} rows per call (num_cpus=0)",
         f"work_dir: {plan.cfg.work_dir}   ray: {plan.cfg.ray_address}",
         "datasets:",
     ]
@@ -152,7 +153,7 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
             vs = f" vs {j.baseline}" + (" (both orders)" if j.both_orders else "") if j.mode == "pairwise" else ""
             lines.append(f"    judge: {j.mode}{vs} by {j.endpoint} ({e.model} at {e.base_url}; "
                          f"{e.requests_per_minute or 'no limit'} req/min, {e.tokens_per_minute or 'no limit'} tok/min "
-                         f"for the whole cluster; {e.max_concurrent} in flight over {plan.cfg.judge_callers} callers)")
+                         f"for the whole cluster; {e.max_concurrent} in flight over {plan.cfg.judge_stream.callers} callers)")
     total = len(plan.requests)
     todo = sum(r["key"] not in finished for r in plan.requests)
     lines.append(f"total rows: {total}, to run: {todo}")
@@ -233,14 +234,14 @@ def stream(cfg: RunConfig, requests: list[dict], store: Store, log=print) -> dic
 
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
-    max_ongoing = cfg.callers * cfg.calls_per_caller * 2
+    max_ongoing = cfg.model_stream.callers * cfg.model_stream.calls_per_caller * 2
     _check_resources(cfg)
     deploy(cfg.model, max_ongoing)
     log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
     ready = _time_ready(app_name(cfg.model))
 
-    batches = caller_stream(requests, ServeCaller, {"app": app_name(cfg.model)}, cfg.batch_rows,
-                            cfg.callers, cfg.calls_per_caller)
+    batches = caller_stream(requests, ServeCaller, {"app": app_name(cfg.model)}, cfg.model_stream.batch_rows,
+                            cfg.model_stream.callers, cfg.model_stream.calls_per_caller)
     first_row = None
     written = 0
     for batch in batches:

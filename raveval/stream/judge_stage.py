@@ -176,8 +176,8 @@ def run_judging(cfg, plan, store, log=print) -> dict:
         for name in used:
             ensure_shared_limiter(cfg.judges[name])  # owned by the driver: one budget for the whole run
         s = judge_stream(todo, {n: cfg.judges[n].model_dump() for n in used}, jstore,
-                         callers=cfg.judge_callers, calls_per_caller=cfg.judge_calls_per_caller,
-                         batch_rows=cfg.judge_batch_rows, log=log)
+                         callers=cfg.judge_stream.callers, calls_per_caller=cfg.judge_stream.calls_per_caller,
+                         batch_rows=cfg.judge_stream.batch_rows, log=log)
         stats["judged"] += s["judged"]
         stats["judge_errors"] += s["judge_errors"]
         stats["judge_wall_s"] = s["judge_wall_s"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from raveval.run import evaluate as pipeline
-from raveval.config.compose import load_config
+from raveval.run.config import load_config
 from raveval.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="raveval-bench-")
     overrides = [f"data_root={args.data_root}", f"work_dir={work}", f"model.batch_size={args.batch_size}",
-                 f"batch_rows={args.batch_rows}", "datasets.gsm8k_gen.generation.max_new_tokens=32"]
+                 f"model_stream.batch_rows={args.batch_rows}", "datasets.gsm8k_gen.generation.max_new_tokens=32"]
     if args.limit:
         overrides += [f"datasets.mmlu_ll.limit={args.limit}", f"datasets.gsm8k_gen.limit={args.limit}"]
     cfg = load_config("eval_tiny_mmlu_gsm8k", overrides)
@@ -78,7 +78,7 @@ def main() -> None:
     print(f"{'':28}{'raveval':>12}{'plain loop':>12}")
     print(f"{'wall time (s)':28}{t_run:12.1f}{base['load_s'] + base['run_s']:12.1f}")
     print(f"{'start-up (s)':28}{s['ready_s']:12.1f}{base['load_s']:12.1f}   (raveval: ray init + deploy until the replica serves; plain: model load)")
-    print(f"{'first batch back (s)':28}{s['first_batch_s']:12.1f}{'':12}   ({args.batch_rows} rows per batch, {cfg.callers * cfg.calls_per_caller} in flight)")
+    print(f"{'first batch back (s)':28}{s['first_batch_s']:12.1f}{'':12}   ({args.batch_rows} rows per batch, {cfg.model_stream.callers * cfg.model_stream.calls_per_caller} in flight)")
     print(f"{'rows/s after start-up':28}{steady:12.1f}{plain_rate:12.1f}")
     print(f"{'ratio raveval / plain':28}{steady / plain_rate:12.2f}   (target >= 0.9)")
     for d in result.summary.to_pylist():

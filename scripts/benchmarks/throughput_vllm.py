@@ -124,15 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from raveval.run import evaluate as pipeline
-    from raveval.config.compose import load_config
+    from raveval.run.config import load_config
     from raveval.tasks.scoring import score_row
     from raveval.results.store import Store
 
     work = tempfile.mkdtemp(prefix="raveval-bench-vllm-")
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(work, "vllm-cache"))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    overrides = ["model=tiny_vllm", f"data_root={args.data_root}", f"work_dir={work}", f"batch_rows={args.batch_rows}",
-                 f"callers={args.callers}", f"calls_per_caller={args.calls_per_caller}",
+    overrides = ["model=tiny_vllm", f"data_root={args.data_root}", f"work_dir={work}", f"model_stream.batch_rows={args.batch_rows}",
+                 f"model_stream.callers={args.callers}", f"model_stream.calls_per_caller={args.calls_per_caller}",
                  "datasets.gsm8k_gen.generation.max_new_tokens=32"]
     if args.model_path:
         overrides.append(f"model.path={args.model_path}")

@@ -1,0 +1,68 @@
+"""The typed config of one run: a model, its datasets, judge endpoints and the
+stream settings of each stage. `load_config` composes the YAML (config.compose)
+and validates it against `RunConfig`; errors name the key and its file.
+"""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from raveval.config.compose import compose, validate
+from raveval.config.schema import DatasetConfig, EndpointConfig, ModelConfig, StreamConfig, Strict
+
+# Flat keys of earlier versions -> where they live now.
+MOVED_KEYS = {
+    "batch_rows": "model_stream.batch_rows",
+    "callers": "model_stream.callers",
+    "calls_per_caller": "model_stream.calls_per_caller",
+    "judge_batch_rows": "judge_stream.batch_rows",
+    "judge_callers": "judge_stream.callers",
+    "judge_calls_per_caller": "judge_stream.calls_per_caller",
+}
+
+
+class RunConfig(Strict):
+    model: ModelConfig
+    datasets: dict[str, DatasetConfig]
+    work_dir: str
+    # Root folder that dataset paths may interpolate as ${data_root}.
+    data_root: str = "data"
+    # Ray cluster: "local" starts one in-process; "auto" joins the running cluster.
+    ray_address: str = "local"
+    # The model stage: rows per Serve call (a call's rows run concurrently in the
+    # replica), caller actors, calls in flight per caller.
+    model_stream: StreamConfig = StreamConfig()
+    resume: bool = True
+    # LLM judge endpoints by name (conf/judges/*.yaml); datasets name theirs in `judge.endpoint`.
+    judges: dict[str, EndpointConfig] = {}
+    # The judge stage: judge requests per batch (asked concurrently), caller actors, batches in flight per caller.
+    judge_stream: StreamConfig = StreamConfig(batch_rows=16)
+    # Port of Serve's HTTP proxy on a local Ray, started only when a model has http_route.
+    http_port: int = Field(8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _has_datasets(self):
+        if not self.datasets:
+            raise ValueError("datasets: at least one dataset is required")
+        return self
+
+    @model_validator(mode="after")
+    def _judges_and_api_models(self):
+        for name, d in self.datasets.items():
+            if d.judge is not None and d.judge.endpoint not in self.judges:
+                have = ", ".join(sorted(self.judges)) or "none"
+                raise ValueError(f"datasets.{name}.judge.endpoint: no judge endpoint {d.judge.endpoint!r} "
+                                 f"under `judges` (have: {have})")
+            if self.model.engine == "lmdeploy":
+                from raveval.engines.lmdeploy_engine import check_dataset
+
+                check_dataset(self.model, name, d)
+            if self.model.engine == "openai" and d.mode == "ll":
+                raise ValueError(f"datasets.{name}.mode: 'll' needs log-likelihoods, which engine 'openai' "
+                                 "(chat completions) cannot give; use mode: gen")
+        return self
+
+
+def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Compose CONFIG (a name or a .yaml path) with key=value overrides and validate it."""
+    data, sources = compose(config, overrides)
+    return validate(data, sources, RunConfig, MOVED_KEYS)
