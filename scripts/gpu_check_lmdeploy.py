@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow.compute as pc
 
-    from raveval.run import evaluate as pipeline
+    from raveval.run.evaluate import run, shutdown
     from raveval.run.config import load_config
     from raveval.results.summary import markdown
     from raveval.results.store import Store
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model} on LMDeploy {args.backend}, tp={args.tp}; {2 * args.rows} C-Eval rows x (gen, ll) in {data}")
     t0 = time.perf_counter()
     try:
-        result = pipeline.run(cfg, log=lambda *a: print(*a, flush=True))
+        result = run(cfg, log=lambda *a: print(*a, flush=True))
     finally:
-        pipeline.shutdown(cfg)
+        shutdown(cfg)
     wall = time.perf_counter() - t0
     print()
     print(markdown(result.summary, subjects=False))

@@ -3,7 +3,7 @@
 1. Parity: the demo's prompts (built by the pipeline: MMLU ll, C-Eval chat
    gen, GSM8K few-shot gen) on VLLMEngine and HFEngine, both on CUDA: greedy
    generations compared, choice log-likelihoods by their largest difference,
-   ll accuracy on each (`vllm_engine.compare_with_hf`, the function the test
+   ll accuracy on each (`engines.parity.compare_with_hf`, the function the test
    suite checks on CPU).
 2. Throughput: scripts/benchmarks/throughput_vllm.py with `--device cuda`: raveval
    (Ray Serve replica on one GPU) vs vLLM's offline LLM on the same requests.
@@ -47,18 +47,21 @@ def strict(args) -> bool:
 
 
 def check_parity(args) -> bool:
-    from raveval.run import evaluate as pipeline
+    from raveval.run.plan import make_plan
     from raveval.run.config import load_config
+    from raveval.engines import parse_model
     from raveval.engines.hf import HFEngine
-    from raveval.engines.vllm_engine import VLLMEngine, compare_with_hf
+    from raveval.engines.parity import compare_with_hf
+    from raveval.engines.vllm_engine import VLLMEngine
 
     cfg = load_config("demo_vllm", parity_overrides(args))
-    requests = pipeline.make_plan(cfg).requests
+    requests = make_plan(cfg).requests
     t0 = time.perf_counter()
     loop = asyncio.new_event_loop()  # the engine's output handler lives on one loop
     engine = VLLMEngine(cfg.model)
     t_v = time.perf_counter() - t0
-    hf = HFEngine(cfg.model.model_copy(update={"engine": "hf", "vllm": None, "engine_args": {}, "batch_size": 16}))
+    # The same model on the Hugging Face engine: the common keys, no vLLM settings.
+    hf = HFEngine(parse_model({**cfg.model.model_dump(exclude={"engine", "vllm", "engine_args"}), "batch_size": 16}))
     try:
         report = loop.run_until_complete(compare_with_hf(engine, hf, requests))
     finally:

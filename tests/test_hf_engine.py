@@ -4,12 +4,10 @@ import math
 
 import pytest
 
-from raveval.engines import build_engine
 from raveval.engines.base import GenParams
 from raveval.engines.batcher import MicroBatcher
-from raveval.engines.hf import HFEngine
+from raveval.engines.hf import HFEngine, HFModelConfig
 from raveval.engines.tiny_model import build_tiny_model
-from raveval.config.schema import ModelConfig
 
 from engine_prompts import PROMPTS
 
@@ -22,7 +20,7 @@ def tiny_dir(tmp_path_factory):
 
 def _engine(path, **kw) -> HFEngine:
     cfg = dict(name="tiny", path=str(path), batch_size=8, num_cpus=2, device="cpu")
-    return HFEngine(ModelConfig(**(cfg | kw)))
+    return HFEngine(HFModelConfig(**(cfg | kw)))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def _manual_ll(engine, ctx_ids, cont_ids):
 # ---- loading ------------------------------------------------------------
 def test_build_engine_builtin_uses_cache(tiny_dir, monkeypatch):
     monkeypatch.setenv("RAVEVAL_CACHE", str(tiny_dir.parent))
-    e = build_engine(ModelConfig(name="t", path="builtin:tiny-llama", num_cpus=2))
+    e = HFModelConfig(name="t", path="builtin:tiny-llama", num_cpus=2).build_engine()
     assert isinstance(e, HFEngine) and e.device.type == "cpu"
     assert not e.model.training
     out = e.generate_batch(["hi"], GenParams(max_new_tokens=3))[0]
@@ -243,3 +241,47 @@ def test_batcher_groups_by_key_and_respects_max_batch():
     assert all(len(items) <= 3 for _, items in calls)
     assert [k for k, _ in calls] == ["a", "a", "boom", "c"]  # oldest request's key first
     assert b.batches_run == 4 and b.items_run == 7
+
+
+# ---- the shared token rules ------------------------------------------------
+def test_shared_token_rules():
+    from raveval.engines.tokens import cut_at_stop, first_stop, plan_ll, split_context
+
+    assert split_context("Answer: \n") == ("Answer:", " \n") and split_context("x") == ("x", "")
+    assert cut_at_stop("a\n\nQ: b", ("Q:", "\n\n", "")) == "a" and cut_at_stop("abc", ()) == "abc"
+    assert first_stop("xQ: yQ:", ("Q:",), start=2) == 5 and first_stop("abc", ("z",)) == -1
+    # Each sequence keeps its last max_len tokens; one-token continuations share one request.
+    shared, span = plan_ll([9, 8, 7], [[1], [2, 3], [], [1]], max_len=4)
+    assert (shared.ids, shared.n, shared.targets, shared.slots) == ([9, 8, 7], 0, [1], [(0, 1), (3, 1)])
+    assert (span.ids, span.n, span.slots) == ([8, 7, 2, 3], 2, [(1, None)])
+    assert [(r.ids, r.n) for r in plan_ll([9, 8, 7], [[1], [2, 3]], max_len=4, share=False)] == \
+        [([9, 8, 7, 1], 1), ([8, 7, 2, 3], 2)]
+
+
+# ---- the engine registry -----------------------------------------------------
+def test_registry_default_engine_and_unknown_engine():
+    from raveval.config.compose import ConfigError
+    from raveval.engines import parse_model
+    from raveval.engines.registry import ENGINES
+    from raveval.run.config import load_config
+
+    m = parse_model({"name": "t", "path": "p"})  # no engine: hf
+    assert type(m) is HFModelConfig and m.engine == "hf" and m.model_fields_set == {"name", "path"}
+    assert parse_model(m.model_dump(exclude_unset=True)) == m
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", ["model.engine=tgi", "model.vllm.tensor_parallel_size=2"])
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].strip().startswith("model.engine: ") and "model.engine=tgi" in lines[0]
+    assert all(repr(name) in lines[0] for name in ENGINES)
+
+
+def test_loading_configs_imports_no_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom raveval.run.config import load_config\n"
+            "load_config('demo'); load_config('demo_vllm', ['~model.engine_args'])\n"
+            "load_config('eval_internlm2_ceval_turbomind'); load_config('demo', ['model=gpt4o_mini_api', 'datasets=[gsm8k_gen]'])\n"
+            "print('HEAVY', [m for m in ('torch', 'transformers', 'vllm', 'lmdeploy') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out

@@ -27,10 +27,9 @@ import pytest
 from raveval.config.compose import ConfigError
 
 from raveval.run.config import load_config
-from raveval.engines import replica_resources
+from raveval.engines import ModelConfig, parse_model
 from raveval.engines.base import GenParams
 from raveval.engines.lmdeploy_engine import backend_config_kwargs, gen_config_kwargs, lmdeploy_available
-from raveval.config.schema import ModelConfig
 
 needs_lmdeploy = pytest.mark.skipif(
     not lmdeploy_available(),
@@ -46,24 +45,24 @@ GEN_ONLY = [*DEMO[:2], "datasets=[ceval_val_gen]"]
 
 def lm_cfg(**kw) -> ModelConfig:
     base = dict(name="tiny-lmdeploy", engine="lmdeploy", path="builtin:tiny-llama", max_model_len=512)
-    return ModelConfig(**(base | kw))
+    return parse_model(base | kw)
 
 
 # ---- config, placement, conf examples: no lmdeploy needed -------------------
 def test_conf_example_and_dry_run_show_placement(capsys):
     from raveval import cli
-    from raveval.serving.replica import deployment_options
+    from raveval.serving.deploy import deployment_options
 
     cfg = load_config("eval_internlm2_ceval_turbomind", DEMO)
     m = cfg.model
-    assert m.engine == "lmdeploy" and m.lmdeploy_settings.backend == "turbomind" and m.lmdeploy_settings.tp == 1
+    assert m.engine == "lmdeploy" and m.lmdeploy.backend == "turbomind" and m.lmdeploy.tp == 1
     assert {d.mode for d in cfg.datasets.values()} == {"gen", "ll"}
     kw = backend_config_kwargs(m)
     assert kw["session_len"] == 4096 and kw["max_batch_size"] == 128 and kw["dtype"] == "auto"
     assert kw["cache_max_entry_count"] == 0.8 and kw["quant_policy"] == 0 and kw["enable_prefix_caching"] is False
     assert deployment_options(m, 8)["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
     # What the replica validates again (serve.deploy sends the keys that were set).
-    assert ModelConfig.model_validate(m.model_dump(exclude_unset=True)) == m
+    assert parse_model(m.model_dump(exclude_unset=True)) == m
 
     assert cli.main(["run", "eval_internlm2_ceval_turbomind", *DEMO, "model.lmdeploy.tp=2", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -76,10 +75,10 @@ def test_conf_example_and_dry_run_show_placement(capsys):
 
 
 def test_placement_turbomind_holds_its_gpus_pytorch_one_bundle_per_gpu():
-    from raveval.serving.replica import deployment_options
+    from raveval.serving.deploy import deployment_options
 
     tm = lm_cfg(num_cpus=2, lmdeploy={"tp": 4})
-    assert replica_resources(tm).num_gpus == 4.0 and not replica_resources(tm).bundles
+    assert tm.resources().num_gpus == 4.0 and not tm.resources().bundles
     assert deployment_options(tm, 8)["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 4.0}
     pt = lm_cfg(num_cpus=2, lmdeploy={"backend": "pytorch", "tp": 2, "placement_strategy": "PACK"})
     opts = deployment_options(pt, 8)
@@ -87,7 +86,7 @@ def test_placement_turbomind_holds_its_gpus_pytorch_one_bundle_per_gpu():
     assert opts["placement_group_strategy"] == "PACK" and opts["ray_actor_options"]["num_gpus"] == 0.0
     assert backend_config_kwargs(pt)["distributed_executor_backend"] == "ray"
     one = lm_cfg(lmdeploy={"backend": "pytorch"})
-    assert replica_resources(one).num_gpus == 1.0 and "distributed_executor_backend" not in backend_config_kwargs(one)
+    assert one.resources().num_gpus == 1.0 and "distributed_executor_backend" not in backend_config_kwargs(one)
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -142,7 +141,7 @@ def test_lmdeploy_server_config_composes_to_an_openai_model():
     m = cfg.model
     assert m.engine == "openai" and m.api.base_url == "http://127.0.0.1:23333/v1"
     assert m.api.model == "internlm/internlm2-chat-1_8b" and m.api.api_key_env is None and m.num_cpus == 0
-    assert replica_resources(m).num_gpus == 0
+    assert m.resources().num_gpus == 0
     with pytest.raises(ConfigError, match="'ll' needs log-likelihoods"):
         load_config("eval_internlm2_ceval_turbomind", [*DEMO, "model=lmdeploy_server"])
 
@@ -338,7 +337,7 @@ def pt(mp_module, loop):
 @pytest.fixture(scope="module")
 def hf_tokens():
     from raveval.engines.tiny_model import build_tiny_model
-    from raveval.engines.vllm_engine import Tokens
+    from raveval.engines.tokens import Tokens
 
     return Tokens(str(build_tiny_model()))  # HFEngine's tokenisation rules
 
@@ -469,7 +468,7 @@ def test_many_requests_in_flight_and_errors_stay_per_request(tm, loop):
 
 @needs_lmdeploy
 def test_replica_turns_a_failing_row_into_an_error_row(tm, loop, mp_module):
-    from raveval.tasks.prompts import encode_prompt
+    from raveval.tasks.request import encode_prompt
     from raveval.serving.replica import ModelReplica
 
     eng, be, _ = tm
@@ -608,13 +607,13 @@ def test_gpu_check_script_plans_its_ceval_rows(tmp_path):
                               batch_rows=128, set=["model_stream.callers=1"])
     cfg = load_config("eval_internlm2_ceval_turbomind", script.overrides(args, data, tmp_path / "work"))
     m = cfg.model
-    assert (m.path, m.lmdeploy_settings.backend, m.lmdeploy_settings.tp, m.lmdeploy_settings.trust_remote_code) == \
+    assert (m.path, m.lmdeploy.backend, m.lmdeploy.tp, m.lmdeploy.trust_remote_code) == \
         ("/models/m", "pytorch", 2, True)
     plan = pipeline.make_plan(cfg)
     assert not any(d.error for d in plan.datasets)
     assert {d.name: len(d.requests) for d in plan.datasets} == {"ceval_val_gen": 14, "ceval_val_ll": 14}
-    ll = next(r for r in plan.requests if r["mode"] == "ll")
-    assert ll["prompt"].count("计算：") == 6  # 5 dev shots and the question
+    ll = next(r for r in plan.requests if r.mode == "ll")
+    assert ll.prompt.count("计算：") == 6  # 5 dev shots and the question
 
 
 def test_gpu_check_script_help():

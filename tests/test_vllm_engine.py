@@ -15,18 +15,18 @@ import pytest
 from raveval.config.compose import ConfigError
 
 from raveval.run.config import load_config
-from raveval.engines import replica_resources
+from raveval.engines import ModelConfig, parse_model
 from raveval.engines.base import GenParams
+from raveval.engines.hf import HFModelConfig
 from raveval.engines.vllm_engine import (
-    LLRequest,
+    VLLMRequest,
     check_engine_args,
     engine_kwargs,
-    plan_ll,
+    ll_requests,
     sampling_kwargs,
     score_ll,
     span_logprob,
 )
-from raveval.config.schema import ModelConfig
 
 from engine_prompts import PROMPTS
 
@@ -56,7 +56,7 @@ def _need_vllm():
 def _vllm_cfg(**kw) -> ModelConfig:
     base = dict(name="tiny-vllm", engine="vllm", path="builtin:tiny-llama", dtype="float32", device="cpu",
                 num_cpus=1, vllm={"enforce_eager": True}, engine_args={})
-    return ModelConfig(**(base | kw))
+    return parse_model(base | kw)
 
 
 # ---- config, placement, request planning: no vllm needed -------------------
@@ -65,21 +65,21 @@ def test_demo_config_and_plan_show_resources():
 
     cfg = load_config("demo_vllm", ["~model.engine_args"])  # no pass-through: loads without vllm too
     m = cfg.model
-    assert m.engine == "vllm" and m.device == "cpu" and m.vllm_settings.enforce_eager
+    assert m.engine == "vllm" and m.device == "cpu" and m.vllm.enforce_eager
     text = pipeline.describe(pipeline.make_plan(cfg))
     assert "replicas: 1 x (num_cpus=1.0, num_gpus=0.0)" in text
     assert "vllm: device=cpu max_model_len=2048 tensor_parallel_size=1" in text
 
 
 def test_gpu_placement_one_bundle_per_gpu():
-    from raveval.serving.replica import deployment_options
+    from raveval.serving.deploy import deployment_options
 
     one = _vllm_cfg(device="cuda")
-    assert replica_resources(one).num_gpus == 1.0 and not replica_resources(one).bundles
+    assert one.resources().num_gpus == 1.0 and not one.resources().bundles
     assert deployment_options(one, 8)["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
 
     tp = _vllm_cfg(device="auto", num_cpus=2, vllm={"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
-    res = replica_resources(tp)
+    res = tp.resources()
     assert res.bundles == [{"CPU": 2.0, "GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}]
     assert res.strategy == "STRICT_PACK" and res.total_gpus == 4 and res.num_gpus == 0
     opts = deployment_options(tp, 8)
@@ -89,10 +89,10 @@ def test_gpu_placement_one_bundle_per_gpu():
     assert "placement group STRICT_PACK" in res.describe() and "= 4 GPUs" in res.describe()
     assert engine_kwargs(tp, path="/m")["distributed_executor_backend"] == "ray"
     spread = _vllm_cfg(device="cuda", vllm={"pipeline_parallel_size": 2, "placement_strategy": "SPREAD"})
-    assert replica_resources(spread).strategy == "SPREAD"
+    assert spread.resources().strategy == "SPREAD"
     # Other engines keep their configured resources.
-    hf = ModelConfig(name="h", path="x", num_gpus=0.5)
-    assert replica_resources(hf).num_gpus == 0.5 and "placement_group_bundles" not in deployment_options(hf, 8)
+    hf = HFModelConfig(name="h", path="x", num_gpus=0.5)
+    assert hf.resources().num_gpus == 0.5 and "placement_group_bundles" not in deployment_options(hf, 8)
 
 
 def test_config_errors_name_the_key():
@@ -148,7 +148,7 @@ def test_sampling_kwargs_follow_hf_meaning():
 
 def test_plan_ll_truncates_like_hf_and_shares_one_token_requests():
     ctx = list(range(100, 110))
-    shared, span = plan_ll(ctx, [[1], [2], [1], [3, 4, 5], []], max_len=8)
+    shared, span = ll_requests(ctx, [[1], [2], [1], [3, 4, 5], []], max_len=8)
     # One request for the one-token continuations: the context's last max_len-1 tokens.
     assert shared.ids == ctx[-7:] and shared.span == 0 and shared.targets == [1, 2]
     assert shared.slots == [(0, 1), (1, 2), (2, 1)]
@@ -157,12 +157,12 @@ def test_plan_ll_truncates_like_hf_and_shares_one_token_requests():
     seq = (ctx + [3, 4, 5])[-8:]
     assert span.ids == seq[:-1] and span.span == 2 and span.targets == [5] and span.slots == [(3, 5)]
     # A continuation longer than max_len: all but the first kept token are scored.
-    long = plan_ll([7], [list(range(20, 30))], max_len=4)[0]
+    long = ll_requests([7], [list(range(20, 30))], max_len=4)[0]
     assert long.ids == [26, 27, 28] and long.span == 2 and long.targets == [29]
     # No sharing: one request per continuation, the same scores.
-    assert len(plan_ll(ctx, [[1], [2]], max_len=8, share=False)) == 2
+    assert len(ll_requests(ctx, [[1], [2]], max_len=8, share=False)) == 2
     # Without next-token scoring (older vLLM): prompt log-probs only, sequences of max_len-1.
-    old = plan_ll([7], [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10]], max_len=4, next_token=False)
+    old = ll_requests([7], [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10]], max_len=4, next_token=False)
     assert old[0].ids == [7, 1] and old[0].span == 1 and not old[0].targets and old[0].slots == [(0, None)]
     assert old[1].ids == [8, 9, 10] and old[1].span == 2
 
@@ -183,9 +183,9 @@ def test_score_ll_reads_the_continuation_positions():
     ids = [1, 10, 11, 12, 13]
     plp = [None] + [{t: _Lp(-float(t)), 999: _Lp(-0.1)} for t in ids[1:]]
     assert span_logprob(plp, ids, 2) == -(12 + 13)  # the last two tokens, not 11 + 12
-    shared = LLRequest([1, 2], targets=[5, 6], slots=[(0, 5), (2, 6)])
-    span = LLRequest(ids, span=2, targets=[7], slots=[(1, 7)])
-    old = LLRequest(ids, span=3, slots=[(3, None)])
+    shared = VLLMRequest([1, 2], targets=[5, 6], slots=[(0, 5), (2, 6)])
+    span = VLLMRequest(ids, span=2, targets=[7], slots=[(1, 7)])
+    old = VLLMRequest(ids, span=3, slots=[(3, None)])
     outs = [_Out(sample=[{5: _Lp(-1.5), 6: _Lp(-2.5), 9: _Lp(-0.2)}]),
             _Out(prompt_logprobs=plp, sample=[{7: _Lp(-0.5), 8: _Lp(-0.1)}]), _Out(prompt_logprobs=plp)]
     assert score_ll([shared, span, old], outs, 4) == [-1.5, -25.5, -2.5, -36.0]
@@ -255,7 +255,7 @@ def vllm_engine():
 def hf_engine():
     from raveval.engines.hf import HFEngine
 
-    e = HFEngine(ModelConfig(name="tiny", path="builtin:tiny-llama", batch_size=16, num_cpus=1, device="cpu"))
+    e = HFEngine(HFModelConfig(name="tiny", path="builtin:tiny-llama", batch_size=16, num_cpus=1, device="cpu"))
     yield e
     e.batcher.close()
 
@@ -270,7 +270,7 @@ def _demo_requests():
 def test_parity_with_hf_on_demo_prompts(vllm_engine, hf_engine):
     """Greedy generations identical, choice log-likelihoods within 1e-3, same ll accuracy,
     on the demo's prompts as the pipeline builds them (plain and chat, few-shot, stop strings)."""
-    from raveval.engines.vllm_engine import compare_with_hf
+    from raveval.engines.parity import compare_with_hf
 
     _, reqs = _demo_requests()
     report = vllm_engine.run(compare_with_hf(vllm_engine.engine, hf_engine, reqs))
@@ -278,7 +278,7 @@ def test_parity_with_hf_on_demo_prompts(vllm_engine, hf_engine):
     assert report["ll_token_counts_same"] and report["ll_max_abs_diff"] < 1e-3, report
     assert report["ll_correct_vllm"] == report["ll_correct_hf"]
     assert report["gen_identical"] == report["gen_rows"], report["gen_mismatches"]
-    assert any(r["chat"] for r in reqs if r["mode"] == "gen")
+    assert any(r.chat for r in reqs if r.mode == "gen")
 
 
 def test_ll_parity_multi_token_chat_and_whitespace(vllm_engine, hf_engine):
@@ -393,8 +393,8 @@ def test_serve_run_with_vllm_matches_hf_accuracy(vllm_engine, hf_engine, ray_loc
 
     from raveval.run import evaluate as pipeline
     from raveval.tasks.scoring import score_row
-    from raveval.tasks.prompts import decode_prompt
-    from raveval.serving.replica import app_name
+    from raveval.tasks.request import decode_prompt
+    from raveval.serving.deploy import app_name
     from raveval.results.store import Store
 
     cfg = load_config("demo_vllm", [f"work_dir={tmp_path}", "datasets=[demo_mmlu_ll,demo_gsm8k_gen]",

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import yaml
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Discriminator, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -149,6 +149,23 @@ def source_of(path: tuple, sources: dict) -> str:
     return str(sources["primary"])
 
 
+def _key_path(schema: type[BaseModel], loc: tuple) -> tuple:
+    """An error location as the keys the user wrote. pydantic puts a
+    discriminated union's tag after the field (('model', 'vllm', 'num_gpu')
+    for `model.num_gpu`); a field whose type carries a Discriminator has
+    that tag dropped (its own fields are not looked into further)."""
+    out, node, parts = [], schema, iter(loc)
+    for part in parts:
+        out.append(part)
+        fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
+        f = fields.get(part) if isinstance(part, str) else None
+        if f is not None and (f.discriminator is not None or any(isinstance(m, Discriminator) for m in f.metadata)):
+            next(parts, None)  # the tag
+            f = None
+        node = f.annotation if f is not None else None
+    return tuple(out)
+
+
 def validate(data: dict, sources: dict, schema: type[M], moved: dict[str, str] | None = None) -> M:
     """`data` as an instance of `schema`, or a ConfigError with one line per
     problem naming the key and where it was set. `moved`: old key -> its new
@@ -162,7 +179,7 @@ def validate(data: dict, sources: dict, schema: type[M], moved: dict[str, str] |
         result = schema.model_validate(data)
     except ValidationError as e:
         for err in e.errors():
-            loc = tuple(err["loc"])
+            loc = _key_path(schema, err["loc"])
             key = ".".join(str(p) for p in loc) or "(top level)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {key}: {msg} (from {source_of(loc, sources)})")

@@ -1,14 +1,24 @@
-"""The one async engine interface every backend implements.
+"""What every engine shares: the async engine interface, and the model config
+each engine's module subclasses.
 
 A replica holds one engine and sends it many requests at once; the engine
 batches them internally (continuous batching in vLLM, a micro-batcher for
 Hugging Face), so callers never batch by hand.
+
+`ModelConfig` holds the keys every engine takes; an engine's subclass (in
+that engine's module, listed in `engines.registry`) adds its own settings,
+checks, resource needs, row-key identity and construction, so nothing outside
+the engine's module asks which engine it is.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from raveval.config.schema import DatasetConfig, Strict
 
 # A prompt is plain text, or chat messages the engine renders with the
 # model's own chat template.
@@ -61,3 +71,82 @@ class Engine(ABC):
 
     async def close(self) -> None:
         """Release the model; the default has nothing to release."""
+
+
+@dataclass(frozen=True)
+class ReplicaResources:
+    """What one replica asks Ray for. With `bundles`, the replica gets a
+    placement group: the replica actor (num_cpus, num_gpus) sits in the first
+    bundle and the engine's GPU workers take one bundle each."""
+    num_cpus: float
+    num_gpus: float
+    bundles: list[dict] = field(default_factory=list)
+    strategy: str | None = None
+
+    @property
+    def total_gpus(self) -> float:
+        return sum(b.get("GPU", 0) for b in self.bundles) if self.bundles else self.num_gpus
+
+    def describe(self) -> str:
+        text = f"num_cpus={self.num_cpus}, num_gpus={self.num_gpus}"
+        if self.bundles:
+            text += f"; placement group {self.strategy} {self.bundles} = {self.total_gpus:g} GPUs"
+        return text
+
+
+def gpu_bundles(cpus: float, n: int, strategy: str) -> ReplicaResources:
+    """A placement group of n 1-GPU bundles, the replica actor in the first."""
+    first = {"CPU": cpus, "GPU": 1.0} if cpus else {"GPU": 1.0}
+    return ReplicaResources(cpus, 0.0, [first] + [{"GPU": 1.0} for _ in range(n - 1)], strategy)
+
+
+PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
+
+
+class ModelConfig(Strict):
+    """The `model:` keys every engine takes. Each engine subclasses it with
+    `engine: Literal["<name>"] = "<name>"` and overrides what differs."""
+    name: str
+    engine: str
+    # Local path, or `builtin:tiny-llama` for the model the project builds itself.
+    path: str
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Requests the engine batches together (micro-batch for HF).
+    batch_size: int = Field(16, ge=1)
+    max_model_len: int = Field(2048, ge=16)
+    replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, ge=0)
+    # Extra keyword arguments for the backend's model loading (checked by the
+    # engines that can check them when the config loads).
+    engine_args: dict = {}
+    # Serve an OpenAI-compatible /v1/chat/completions under this route prefix
+    # (e.g. /judge), so this model can be a judge; needs Serve's HTTP proxy (http_port).
+    http_route: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _http_route(self):
+        if self.http_route is not None and not self.http_route.startswith("/"):
+            raise ValueError("http_route must start with '/'")
+        return self
+
+    def resources(self) -> ReplicaResources:
+        """What one replica asks Ray for: the configured CPUs and GPUs."""
+        return ReplicaResources(float(self.num_cpus), float(self.num_gpus))
+
+    def identity(self) -> dict:
+        """What makes two models' outputs differ (not replicas or batch size): part of every row key."""
+        return {"name": self.name, "engine": self.engine, "path": self.path, "dtype": self.dtype,
+                "max_model_len": self.max_model_len, "engine_args": self.engine_args}
+
+    def check_dataset(self, name: str, d: DatasetConfig) -> None:
+        """Raise ValueError, naming the key, for a dataset this model cannot run."""
+
+    def describe(self) -> list[str]:
+        """More lines for `--dry-run` about this engine's settings."""
+        return []
+
+    @abstractmethod
+    def build_engine(self) -> Engine:
+        """The engine (imports its backend: torch, vllm, lmdeploy, ...)."""

@@ -1,29 +1,41 @@
-"""Hugging Face transformers engine.
+"""Hugging Face transformers engine (engine: hf).
 
 Two layers: synchronous batch methods (`generate_batch`, `loglikelihood_batch`)
 that a benchmark can call in a plain loop, and the async `Engine` interface,
 whose concurrent calls a `MicroBatcher` groups into those batch calls.
+
+torch and transformers are imported inside the methods: the registry imports
+this module (for `HFModelConfig`) whenever a config is validated.
 """
 from __future__ import annotations
 
 import copy
 import inspect
 from dataclasses import replace
+from typing import Literal
 
-import torch
-import transformers
-from packaging import version as _version
-from transformers import AutoModelForCausalLM
-
-from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
+from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, ModelConfig, Prompt
 from raveval.engines.batcher import MicroBatcher
-from raveval.engines.tokens import Tokens
-from raveval.config.schema import ModelConfig
+from raveval.engines.tokens import Tokens, plan_ll, resolve_model_path
 
-BUILTIN_TINY = "builtin:tiny-llama"
-# transformers < 4.56 calls the argument torch_dtype (and ignores `dtype`).
-_DTYPE_KW = "dtype" if _version.parse(transformers.__version__) >= _version.parse("4.56") else "torch_dtype"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+class HFModelConfig(ModelConfig):
+    engine: Literal["hf"] = "hf"
+
+    def build_engine(self) -> HFEngine:
+        return HFEngine(self)
+
+
+def _load_kwargs(cfg: ModelConfig) -> dict:
+    """from_pretrained keyword arguments: the dtype, then model.engine_args."""
+    import torch
+    import transformers
+    from packaging import version
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+    # transformers < 4.56 calls the argument torch_dtype (and ignores `dtype`).
+    key = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
+    return {key: dtypes[cfg.dtype], **cfg.engine_args}
 
 
 def _chunks(seq: list, n: int):
@@ -45,6 +57,8 @@ class _ChoiceConstraint:
         self.seqs, self.start, self.eos = seqs, start, eos
 
     def __call__(self, input_ids, scores):
+        import torch
+
         mask = torch.full_like(scores, float("-inf"))
         for r in range(input_ids.shape[0]):
             gen = input_ids[r, self.start :].tolist()
@@ -59,13 +73,11 @@ class HFEngine(Engine):
     supports_choices = True
 
     def __init__(self, cfg: ModelConfig):
-        self.cfg = cfg
-        if cfg.path == BUILTIN_TINY:
-            from raveval.engines.tiny_model import build_tiny_model
+        import torch
+        from transformers import AutoModelForCausalLM
 
-            path = str(build_tiny_model())
-        else:
-            path = cfg.path
+        self.cfg = cfg
+        path = resolve_model_path(cfg.path)
         if cfg.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
@@ -75,7 +87,7 @@ class HFEngine(Engine):
 
         self.tokens = Tokens(path)  # the token rules every engine shares
         self.tokenizer = self.tokens.tok
-        kwargs = {_DTYPE_KW: _DTYPES[cfg.dtype], **cfg.engine_args}
+        kwargs = _load_kwargs(cfg)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(self.device)
@@ -95,6 +107,8 @@ class HFEngine(Engine):
     def _set_threads(self) -> None:
         # Applied in the worker thread too: OpenMP thread counts are per thread.
         if self._threads:
+            import torch
+
             torch.set_num_threads(self._threads)
 
     @property
@@ -116,8 +130,10 @@ class HFEngine(Engine):
         gc.stop_strings = list(params.stop) or None
         return gc
 
-    @torch.inference_mode()
     def generate_batch(self, prompts: list[Prompt], params: GenParams) -> list[GenOutput]:
+        import torch
+        from transformers import LogitsProcessorList
+
         params = _norm(params)
         keep = max(1, self.max_len - params.max_new_tokens)
         encs = [self.tokens.prompt(p)[-keep:] for p in prompts]  # truncate on the left
@@ -138,34 +154,24 @@ class HFEngine(Engine):
             if params.choices:  # guided choice: the output is one of the given strings
                 seqs = [self.tokenizer(c, add_special_tokens=False).input_ids for c in params.choices]
                 eos = min(self._eos_ids) if self._eos_ids else self.pad_id
-                extra["logits_processor"] = transformers.LogitsProcessorList([_ChoiceConstraint(seqs, width, eos)])
-            gen = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                generation_config=gc,
-                tokenizer=self.tokenizer if params.stop else None,
-                **extra,
-            )
+                extra["logits_processor"] = LogitsProcessorList([_ChoiceConstraint(seqs, width, eos)])
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    generation_config=gc,
+                    tokenizer=self.tokenizer if params.stop else None,
+                    **extra,
+                )
             for r, i in enumerate(idx):
-                outs[i] = self._finish(gen[r, width:].tolist(), params, len(encs[i]))
+                text, n = self.tokens.finish(gen[r, width:].tolist(), params, drop_pad=True)
+                outs[i] = GenOutput(text=text, prompt_tokens=len(encs[i]), output_tokens=n)
         return outs
 
-    def _finish(self, new: list[int], params: GenParams, n_prompt: int) -> GenOutput:
-        n = len(new)
-        for k, t in enumerate(new):
-            if t in self._eos_ids:
-                n = k
-                break
-        while n and new[n - 1] == self.pad_id:  # filler after a stop-string finish
-            n -= 1
-        text = self.tokenizer.decode(new[:n], skip_special_tokens=True)
-        cuts = [c for c in (text.find(s) for s in params.stop if s) if c >= 0]
-        if cuts:
-            text = text[: min(cuts)]
-        return GenOutput(text=text, prompt_tokens=n_prompt, output_tokens=n)
-
     def _forward(self, seqs: list[list[int]], positions: set[int]):
-        """Right-padded forward; returns (logits, column of each position)."""
+        """Right-padded forward (in inference mode); returns (logits, column of each position)."""
+        import torch
+
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -182,51 +188,49 @@ class HFEngine(Engine):
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw)
         return out.logits, col
 
-    @torch.inference_mode()
     def loglikelihood_batch(
         self, items: list[tuple[Prompt, list[str]]], *, fast: bool = True
     ) -> list[LLOutput]:
         """Sum of log-probs of each continuation given its context.
 
-        `fast=False` turns off the single-token path (for tests and benchmarks).
+        The one-token continuations of a context are scored by one forward of
+        that context (its last position), shared across items with the same
+        context; `fast=False` turns that off (for tests and benchmarks).
         """
+        import torch
+
         logprobs = [[0.0] * len(conts) for _, conts in items]
         counts = [[0] * len(conts) for _, conts in items]
-        singles: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
-        multi: list[tuple[int, int, list[int], int]] = []
+        nexts: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}  # context -> (item, continuation, token)
+        spans: list[tuple[int, int, list[int], int]] = []  # (item, continuation, sequence, tokens scored)
         for i, (context, conts) in enumerate(items):
             ctx, ws = self.tokens.context(context)
-            for j, cont in enumerate(conts):
-                cids = self.tokenizer(ws + cont, add_special_tokens=False).input_ids
-                counts[i][j] = len(cids)
-                if not cids:
-                    continue
-                if fast and len(cids) == 1:
-                    # One token: the context's last position scores it, so one
-                    # forward of the context serves every such continuation.
-                    singles.setdefault(tuple(ctx[-(self.max_len - 1) :]), []).append((i, j, cids[0]))
+            cids = self.tokens.continuations(ws, conts)
+            counts[i] = [len(c) for c in cids]
+            for req in plan_ll(ctx, cids, self.max_len, share=fast):
+                if req.n:
+                    spans.append((i, req.slots[0][0], req.ids, req.n))
                 else:
-                    seq = (ctx + cids)[-self.max_len :]  # truncate on the left
-                    multi.append((i, j, seq, min(len(cids), len(seq) - 1)))
+                    nexts.setdefault(tuple(req.ids), []).extend((i, j, tok) for j, tok in req.slots)
 
-        ctxs = sorted(singles, key=len, reverse=True)
-        for chunk in _chunks(ctxs, self.batch_size):
-            logits, col = self._forward([list(c) for c in chunk], {len(c) - 1 for c in chunk})
-            for r, c in enumerate(chunk):
-                lp = torch.log_softmax(logits[r, col[len(c) - 1]].float(), -1)
-                for i, j, tok in singles[c]:
-                    logprobs[i][j] = lp[tok].item()
+        with torch.inference_mode():
+            ctxs = sorted(nexts, key=len, reverse=True)
+            for chunk in _chunks(ctxs, self.batch_size):
+                logits, col = self._forward([list(c) for c in chunk], {len(c) - 1 for c in chunk})
+                for r, c in enumerate(chunk):
+                    lp = torch.log_softmax(logits[r, col[len(c) - 1]].float(), -1)
+                    for i, j, tok in nexts[c]:
+                        logprobs[i][j] = lp[tok].item()
 
-        multi.sort(key=lambda m: len(m[2]), reverse=True)
-        for chunk in _chunks(multi, self.batch_size):
-            # Position p predicts token p+1: the last n tokens come from L-n-1 .. L-2.
-            spans = [range(len(seq) - n - 1, len(seq) - 1) for _, _, seq, n in chunk]
-            logits, col = self._forward([m[2] for m in chunk], {p for s in spans for p in s})
-            for r, ((i, j, seq, n), span) in enumerate(zip(chunk, spans)):
-                rows = logits[r, [col[p] for p in span]].float()
-                target = torch.tensor(seq[len(seq) - n :], device=rows.device)
-                lp = torch.log_softmax(rows, -1).gather(-1, target[:, None]).sum()
-                logprobs[i][j] = lp.item()
+            spans.sort(key=lambda m: len(m[2]), reverse=True)
+            for chunk in _chunks(spans, self.batch_size):
+                # Position p predicts token p+1: the last n tokens come from L-n-1 .. L-2.
+                cols = [range(len(seq) - n - 1, len(seq) - 1) for _, _, seq, n in chunk]
+                logits, col = self._forward([m[2] for m in chunk], {p for s in cols for p in s})
+                for r, ((i, j, seq, n), span) in enumerate(zip(chunk, cols)):
+                    rows = logits[r, [col[p] for p in span]].float()
+                    target = torch.tensor(seq[len(seq) - n :], device=rows.device)
+                    logprobs[i][j] = torch.log_softmax(rows, -1).gather(-1, target[:, None]).sum().item()
 
         return [LLOutput(logprobs=lp, num_tokens=n) for lp, n in zip(logprobs, counts)]
 
@@ -246,4 +250,6 @@ class HFEngine(Engine):
         await self.batcher.aclose()
         self.model = None
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()

@@ -33,9 +33,11 @@ GenOut). Many requests are in flight at once; LMDeploy queues them on its
     log-probs (`logprobs_mode="raw_logprobs"` is set for this).
   LMDeploy's `get_ppl` is not used: it gives one mean over the whole sequence.
 
-The pure helpers (`backend_config_kwargs`, `gen_config_kwargs`, `check_model`,
-`check_dataset`) are also used by the config schema and
-`scripts/gpu_check_lmdeploy.py`.
+`LMDeployModelConfig` is the `model:` config of engine lmdeploy: the typed
+`lmdeploy:` block, its checks (engine_args against LMDeploy's own config
+classes, datasets LMDeploy cannot serve), resources and row-key identity.
+The pure helpers (`backend_config_kwargs`, `gen_config_kwargs`) are also
+used by `scripts/gpu_check_lmdeploy.py`.
 """
 from __future__ import annotations
 
@@ -43,13 +45,14 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Literal, Optional
 
-from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
+from pydantic import Field, model_validator
 
-if TYPE_CHECKING:
-    from raveval.config.schema import DatasetConfig, ModelConfig
+from raveval.config.schema import DatasetConfig, Strict
+from raveval.engines.base import (Engine, GenOutput, GenParams, LLOutput, ModelConfig, PlacementStrategy, Prompt,
+                                  ReplicaResources, gpu_bundles)
+from raveval.engines.tokens import LLRequest, cut_at_stop, first_stop, plan_ll, resolve_model_path, split_context
 
 INSTALL_HINT = ("pip install 'raveval[lmdeploy]' on a CUDA machine; for the config checks and tests only: "
                 "scripts/setup_env.sh (lmdeploy==0.18.0 --no-deps and the few packages its import needs)")
@@ -81,15 +84,80 @@ def lmdeploy_available() -> bool:
     return True
 
 
+class LMDeploySettings(Strict):
+    """model.lmdeploy: settings with the meaning of LMDeploy's TurbomindEngineConfig /
+    PytorchEngineConfig fields of the same names (more fields: model.engine_args)."""
+    backend: Literal["turbomind", "pytorch"] = "turbomind"
+    # Tensor parallel: the GPUs of one replica.
+    tp: int = Field(1, ge=1)
+    # Longest sequence, prompt + output; None: model.max_model_len.
+    session_len: Optional[int] = Field(None, ge=16)
+    # Sequences one replica runs at once; None: LMDeploy's choice for the GPU.
+    max_batch_size: Optional[int] = Field(None, ge=1)
+    # Share of the free GPU memory for the k/v cache (TurboMind: an integer >= 1 is a block count).
+    cache_max_entry_count: float = Field(0.8, gt=0)
+    # k/v cache quantization: 0 off, 4 int4, 8 int8; 16/17 fp8 (PyTorch backend); 42 TurboQuant (TurboMind).
+    quant_policy: Literal[0, 4, 8, 16, 17, 42] = 0
+    # Weight layout; None: read from the checkpoint. The PyTorch backend takes only fp8.
+    model_format: Optional[Literal["hf", "awq", "gptq", "compressed-tensors", "fp8", "mxfp4"]] = None
+    enable_prefix_caching: bool = False
+    # An LMDeploy chat template name (`lmdeploy list`); None: the one LMDeploy picks for the model.
+    chat_template: Optional[str] = None
+    trust_remote_code: bool = False
+    # PyTorch backend with tp > 1: one 1-GPU bundle per worker, placed with this
+    # strategy. (TurboMind drives its tp GPUs from the replica's own process.)
+    placement_strategy: PlacementStrategy = "STRICT_PACK"
+
+
+class LMDeployModelConfig(ModelConfig):
+    engine: Literal["lmdeploy"] = "lmdeploy"
+    # engine_args are more fields of the backend's config class, checked when the config loads.
+    lmdeploy: LMDeploySettings = LMDeploySettings()
+
+    @model_validator(mode="after")
+    def _check(self):
+        check_model(self)
+        return self
+
+    def resources(self) -> ReplicaResources:
+        """LMDeploy uses tp GPUs: its PyTorch backend places like vLLM (Ray
+        workers, one bundle each); TurboMind runs its tp GPUs from the
+        replica's own process, so the replica itself holds all tp GPUs (one
+        node by construction)."""
+        cpus, lm = float(self.num_cpus), self.lmdeploy
+        if lm.tp == 1 or lm.backend == "turbomind":
+            return ReplicaResources(cpus, float(lm.tp))
+        return gpu_bundles(cpus, lm.tp, lm.placement_strategy)
+
+    def identity(self) -> dict:
+        # Weight and cache quantization change outputs, and so does the backend.
+        lm = self.lmdeploy
+        return {**super().identity(), "backend": lm.backend, "quant_policy": lm.quant_policy,
+                "model_format": lm.model_format}
+
+    def check_dataset(self, name: str, d: DatasetConfig) -> None:
+        """Config-time errors of a dataset that this LMDeploy model cannot serve."""
+        lm = self.lmdeploy
+        if d.mode == "ll" and lm.backend == "turbomind" and lm.enable_prefix_caching:
+            raise ValueError(f"datasets.{name}.mode: 'll' on TurboMind reads all-position logits, which LMDeploy "
+                             "refuses with prefix caching on; set model.lmdeploy.enable_prefix_caching: false, "
+                             "or backend: pytorch")
+        if d.generation.temperature > MAX_TEMPERATURE:
+            raise ValueError(f"datasets.{name}.generation.temperature: LMDeploy takes at most {MAX_TEMPERATURE:g}")
+
+    def build_engine(self) -> LMDeployEngine:
+        return LMDeployEngine(self)
+
+
 def lmdeploy_dtype(cfg: ModelConfig) -> str:
     """LMDeploy runs float16 / bfloat16 ("auto": as the checkpoint, float32 as float16)."""
     return "auto" if cfg.dtype == "float32" else cfg.dtype
 
 
-def backend_config_kwargs(cfg: ModelConfig) -> dict:
+def backend_config_kwargs(cfg: LMDeployModelConfig) -> dict:
     """Keyword arguments of TurbomindEngineConfig / PytorchEngineConfig (the
     backend's) from the model config."""
-    lm = cfg.lmdeploy_settings
+    lm = cfg.lmdeploy
     kw: dict[str, Any] = {
         "dtype": lmdeploy_dtype(cfg),
         "tp": lm.tp,
@@ -117,9 +185,9 @@ def _config_class(backend: str):
     return TurbomindEngineConfig if backend == "turbomind" else PytorchEngineConfig
 
 
-def backend_config(cfg: ModelConfig):
+def backend_config(cfg: LMDeployModelConfig):
     """The real TurbomindEngineConfig / PytorchEngineConfig (imports lmdeploy)."""
-    cls = _config_class(cfg.lmdeploy_settings.backend)
+    cls = _config_class(cfg.lmdeploy.backend)
     try:
         return cls(**backend_config_kwargs(cfg))
     except (AssertionError, ValueError, TypeError) as e:  # LMDeploy's own checks (__post_init__, pydantic)
@@ -132,7 +200,7 @@ def backend_config(cfg: ModelConfig):
         raise ValueError(f"LMDeploy rejects this {cls.__name__}: {detail}") from None
 
 
-def check_engine_args(cfg: ModelConfig) -> None:
+def check_engine_args(cfg: LMDeployModelConfig) -> None:
     """`model.engine_args` for engine lmdeploy: fields of the backend's config
     class not set by a typed key, with values LMDeploy accepts."""
     args = cfg.engine_args
@@ -144,7 +212,7 @@ def check_engine_args(cfg: ModelConfig) -> None:
     if not lmdeploy_available():
         raise ValueError(f"cannot check LMDeploy engine arguments {sorted(args)}: lmdeploy is not importable here "
                          f"({INSTALL_HINT})")
-    cls = _config_class(cfg.lmdeploy_settings.backend)
+    cls = _config_class(cfg.lmdeploy.backend)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in args:
         if key not in names:
@@ -154,9 +222,9 @@ def check_engine_args(cfg: ModelConfig) -> None:
     backend_config(cfg)
 
 
-def check_model(cfg: ModelConfig) -> None:
+def check_model(cfg: LMDeployModelConfig) -> None:
     """Config-time errors of a model with engine lmdeploy (ValueError naming the key)."""
-    lm = cfg.lmdeploy_settings
+    lm = cfg.lmdeploy
     if cfg.device == "cpu":
         raise ValueError("device: LMDeploy runs on CUDA GPUs only (TurboMind and its PyTorch engine); "
                          "use device: auto or cuda, or engine hf / vllm on CPU")
@@ -181,16 +249,6 @@ def check_model(cfg: ModelConfig) -> None:
         if lm.cache_max_entry_count >= 1:
             raise ValueError("lmdeploy.cache_max_entry_count: the PyTorch backend takes a share of GPU memory in (0, 1)")
     check_engine_args(cfg)
-
-
-def check_dataset(model: ModelConfig, name: str, d: DatasetConfig) -> None:
-    """Config-time errors of a dataset that this LMDeploy model cannot serve."""
-    lm = model.lmdeploy_settings
-    if d.mode == "ll" and lm.backend == "turbomind" and lm.enable_prefix_caching:
-        raise ValueError(f"datasets.{name}.mode: 'll' on TurboMind reads all-position logits, which LMDeploy refuses "
-                         "with prefix caching on; set model.lmdeploy.enable_prefix_caching: false, or backend: pytorch")
-    if d.generation.temperature > MAX_TEMPERATURE:
-        raise ValueError(f"datasets.{name}.generation.temperature: LMDeploy takes at most {MAX_TEMPERATURE:g}")
 
 
 # ---- requests -----------------------------------------------------------------
@@ -229,12 +287,6 @@ def ll_config(kind: str, backend: str, start: int = -1):
     # trimming the logits when that token happens to be a stop token.
     return GenerationConfig(max_new_tokens=1, do_sample=False, ignore_eos=True,
                             output_logits="generation" if kind == "next" else "all")
-
-
-def _first_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
-    """Index of the earliest stop string in text[start:] onwards, or -1."""
-    cuts = [c for c in (text.find(s, start) for s in stops if s) if c >= 0]
-    return min(cuts) if cuts else -1
 
 
 def score_next(logits, targets: list[int]) -> dict[int, float]:
@@ -285,7 +337,7 @@ class _Result:
 
 
 # ---- the engine ---------------------------------------------------------------
-def create_async_engine(cfg: ModelConfig, path: str):
+def create_async_engine(cfg: LMDeployModelConfig, path: str):
     """The LMDeploy engine of one replica, built as LMDeploy's api_server builds it."""
     import os
 
@@ -295,7 +347,7 @@ def create_async_engine(cfg: ModelConfig, path: str):
     from lmdeploy.utils import get_logger
 
     get_logger("lmdeploy").setLevel("WARNING")  # as pipeline(): no log line per request
-    lm = cfg.lmdeploy_settings
+    lm = cfg.lmdeploy
     bc = backend_config(cfg)
     if not os.path.exists(path):  # a hub id (e.g. internlm/internlm2-chat-1_8b): download it, as pipeline() does
         from lmdeploy.utils import get_model
@@ -307,50 +359,15 @@ def create_async_engine(cfg: ModelConfig, path: str):
                         chat_template_config=template, trust_remote_code=lm.trust_remote_code)
 
 
-@dataclass
-class LLRequest:
-    """One LMDeploy request of a log-likelihood call: `next` scores `targets` as the
-    token after `ids` (one prefill for all one-token choices); `span` scores the
-    last `n` tokens of `ids`. `slots`: (continuation index, token or None)."""
-    kind: str
-    ids: list[int]
-    n: int = 0
-    targets: list[int] = field(default_factory=list)
-    slots: list[tuple] = field(default_factory=list)
-
-
-def plan_ll(ctx: list[int], conts: list[list[int]], max_len: int, share: bool) -> list[LLRequest]:
-    """Requests scoring `conts` after `ctx`; each sequence keeps its last max_len
-    tokens, as HFEngine truncates. With `share`, one-token continuations of the
-    context go in a single `next` request."""
-    reqs: list[LLRequest] = []
-    shared: LLRequest | None = None
-    for j, cids in enumerate(conts):
-        seq = (ctx + cids)[-max_len:]
-        n = min(len(cids), len(seq) - 1)
-        if share and n == 1:
-            if shared is None:
-                shared = LLRequest("next", seq[:-1])
-                reqs.append(shared)
-            if seq[-1] not in shared.targets:
-                shared.targets.append(seq[-1])
-            shared.slots.append((j, seq[-1]))
-        elif n > 0:
-            reqs.append(LLRequest("span", seq, n=n, slots=[(j, None)]))
-    return reqs
-
-
 class LMDeployEngine(Engine):
-    def __init__(self, cfg: ModelConfig, create: Callable | None = None):
+    def __init__(self, cfg: LMDeployModelConfig, create: Callable | None = None):
         """`create(cfg, path)` builds LMDeploy's engine (tests pass their own)."""
         try:
             from lmdeploy.serve.core import RequestError  # noqa: F401
         except Exception as e:
             raise RuntimeError(f"engine lmdeploy: cannot import lmdeploy ({type(e).__name__}: {e}); {INSTALL_HINT}") from e
-        from raveval.engines.vllm_engine import resolve_model_path
-
         self.cfg = cfg
-        self.backend = cfg.lmdeploy_settings.backend
+        self.backend = cfg.lmdeploy.backend
         self.engine = (create or create_async_engine)(cfg, resolve_model_path(cfg.path))
         self.tokenizer = self.engine.tokenizer
         self.session_len = self.engine.session_len
@@ -375,13 +392,11 @@ class LMDeployEngine(Engine):
         return list(got["input_ids"])
 
     async def _context(self, context: Prompt) -> tuple[list[int], str]:
-        """Context ids, and the whitespace that moves to the continuations (HFEngine's rule)."""
+        """Context ids, and the whitespace that moves to the continuations (tokens.split_context)."""
         if not isinstance(context, str):
             return await self._encode(context), ""  # the chat template's generation prompt is the boundary
-        n = len(context) - len(context.rstrip())
-        ws = context[len(context) - n :] if n else ""
-        ids = await self._encode(context[: len(context) - n])
-        return (ids or [self._prefix_id]), ws
+        body, ws = split_context(context)
+        return (await self._encode(body) or [self._prefix_id]), ws
 
     # ---- one LMDeploy request --------------------------------------------
     async def _run(self, ids: list[int], gc, stream: bool = False, stops: tuple[str, ...] = ()) -> _Result:
@@ -404,7 +419,7 @@ class LMDeployEngine(Engine):
                         res.logits = out.logits
                     if out.logprobs is not None:
                         res.logprobs = out.logprobs
-                    if stops and _first_stop(res.text, stops, max(0, seen - max(map(len, stops)))) >= 0:
+                    if stops and first_stop(res.text, stops, max(0, seen - max(map(len, stops)))) >= 0:
                         res.finish_reason = "stop"
                         break  # leaving the stream aborts the request in LMDeploy
         except RequestError as e:
@@ -419,11 +434,8 @@ class LMDeployEngine(Engine):
         keep = max(1, self.session_len - params.max_new_tokens)
         ids = (await self._encode(prompt))[-keep:]  # truncate on the left
         res = await self._run(ids, gen_config(params), stream=bool(stops), stops=stops)
-        text = res.text
-        cut = _first_stop(text, stops)
-        if cut >= 0:
-            text = text[:cut]
-        return GenOutput(text=text, prompt_tokens=res.prompt_tokens, output_tokens=res.output_tokens)
+        return GenOutput(text=cut_at_stop(res.text, stops), prompt_tokens=res.prompt_tokens,
+                         output_tokens=res.output_tokens)
 
     async def loglikelihood(self, context: Prompt, continuations: list[str]) -> LLOutput:
         ctx, ws = await self._context(context)
@@ -438,10 +450,12 @@ class LMDeployEngine(Engine):
                 scores[j] = value
         return LLOutput(logprobs=scores, num_tokens=[len(c) for c in conts])
 
-    async def _score(self, req) -> dict[int, float]:
-        """Continuation index -> log-likelihood, for one planned request."""
+    async def _score(self, req: LLRequest) -> dict[int, float]:
+        """Continuation index -> log-likelihood, for one planned request: a
+        next-token request (n == 0) from next-token logits (TurboMind), a span
+        from all-position logits (TurboMind) or input log-probs (PyTorch)."""
         ids, n = req.ids, req.n
-        if req.kind == "next":
+        if not n:
             res = await self._run(ids, ll_config("next", self.backend))
             if res.logits is None:
                 raise RuntimeError("LMDeploy returned no logits (output_logits='generation')")

@@ -1,6 +1,6 @@
 """An API model under test: an OpenAI-compatible chat endpoint (engine: openai).
 
-It uses the judge stage's client (aiohttp, retries with backoff, Retry-After)
+It uses the judges' HTTP client (aiohttp, retries with backoff, Retry-After)
 and the endpoint's cluster-wide limiter, so an API model and a judge on the
 same endpoint and key share one budget. Generation only: a chat API gives no
 log-likelihoods of given continuations, so `mode: ll` is rejected when the
@@ -8,18 +8,33 @@ config is validated; `loglikelihood` raises if it is called anyway.
 """
 from __future__ import annotations
 
-from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
+from typing import Literal
+
+from raveval.config.schema import DatasetConfig, EndpointConfig
+from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, ModelConfig, Prompt
+
+
+class OpenAIModelConfig(ModelConfig):
+    engine: Literal["openai"] = "openai"
+    # The API model under test: its `model` is what is asked for; `path` is only a label.
+    api: EndpointConfig
+
+    def check_dataset(self, name: str, d: DatasetConfig) -> None:
+        if d.mode == "ll":
+            raise ValueError(f"datasets.{name}.mode: 'll' needs log-likelihoods, which engine 'openai' "
+                             "(chat completions) cannot give; use mode: gen")
+
+    def build_engine(self) -> OpenAIEngine:
+        return OpenAIEngine(self)
 
 
 class OpenAIEngine(Engine):
     supports_choices = True  # sent as structured_outputs.choice (vLLM-style servers)
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: OpenAIModelConfig):
         from raveval.http.client import ChatClient
         from raveval.http.limiter import make_limiter
 
-        if cfg.api is None:
-            raise ValueError("engine openai needs model.api")
         self.cfg = cfg
         self.client = ChatClient(cfg.api, make_limiter(cfg.api))
 

@@ -17,6 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+# A model config's `path` that names this model (engines.tokens.resolve_model_path builds it).
+BUILTIN_TINY = "builtin:tiny-llama"
 NAME = "tiny-llama-v1"
 VOCAB_SIZE = 4096
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]

