@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import raveval.tasks.benchmarks
-from raveval.tasks.benchmarks import LOADERS, DatasetError, LoadedDataset, load_dataset
+from raveval.tasks.benchmarks import BENCHMARKS, DatasetError, LoadedDataset, load_dataset
 from raveval.tasks.benchmarks.categories import CEVAL_CATEGORIES, CEVAL_CHINESE_NAMES, MMLU_CATEGORIES
 from raveval.config.schema import DatasetConfig
 
@@ -71,9 +71,21 @@ def test_category_tables():
 
 
 def test_registry():
-    assert set(LOADERS) >= {"mmlu", "ceval", "gsm8k", "generic"}
+    assert {b.name for b in BENCHMARKS} >= {"mmlu", "ceval", "gsm8k", "generic"}
     with pytest.raises(DatasetError, match="unknown loader 'nope'"):
         load_dataset("x", cfg("nope", "x"))
+
+
+def test_every_benchmark_module_is_registered_once():
+    """Adding a benchmark is its module plus one registry line: no module is left out."""
+    folder = Path(raveval.tasks.benchmarks.__file__).parent
+    shared = {"__init__", "common", "spec", "categories"}
+    modules = {p.stem for p in folder.glob("*.py")} - shared
+    names = [b.name for b in BENCHMARKS]
+    assert len(names) == len(set(names))
+    assert modules == {b.load.__module__.rpartition(".")[2] for b in BENCHMARKS}
+    for b in BENCHMARKS:
+        assert raveval.tasks.benchmarks.benchmark(b.name) is b
 
 
 # ---------------------------------------------------------------- real shared data

@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 from raveval.config.compose import ConfigError, redact
 from raveval.run.config import load_config
 from raveval.tasks import judging as tasks, verdicts as parse
-from raveval.tasks import judge_prompts as jp
+from raveval.tasks.benchmarks import alignbench, alpacaeval, mt_bench
 from raveval.http.limiter import TokenBucket, limiter_name
 from raveval.tasks.scoring import aggregate_subjective, lc_win_rate
 
@@ -103,16 +103,16 @@ def test_parse_pair(text, want):
 
 def test_parse_alignbench_python_and_json_dicts():
     text = "解释……\n{'事实正确性': 9, '满足用户需求': 6, '清晰度': 8, '完备性': 7, '综合得分': 7}"
-    assert parse.parse_alignbench(text) == (7.0, {"事实正确性": 9, "满足用户需求": 6, "清晰度": 8, "完备性": 7, "综合得分": 7})
-    assert parse.parse_alignbench('{"事实正确性": 5, "综合得分": 4}')[0] == 4.0
-    assert parse.parse_alignbench("综合得分：6 分")[0] == 6.0
-    assert parse.parse_alignbench("{'事实正确性': 9}") is None
-    assert parse.parse_alignbench("{'综合得分': 42}") is None
+    assert alignbench.parse_verdict(text) == (7.0, {"事实正确性": 9, "满足用户需求": 6, "清晰度": 8, "完备性": 7, "综合得分": 7})
+    assert alignbench.parse_verdict('{"事实正确性": 5, "综合得分": 4}')[0] == 4.0
+    assert alignbench.parse_verdict("综合得分：6 分")[0] == 6.0
+    assert alignbench.parse_verdict("{'事实正确性': 9}") is None
+    assert alignbench.parse_verdict("{'综合得分': 42}") is None
 
 
 @pytest.mark.parametrize("text, want", [("m", "m"), ("M", "M"), (" `M` ", "M"), ("Output (m)", "m"), ("neither", None)])
 def test_parse_alpaca(text, want):
-    assert parse.parse_alpaca(text) == want
+    assert alpacaeval.parse_verdict(text) == want
 
 
 def test_interpret_maps_verdicts_to_the_models_outcome():
@@ -131,27 +131,27 @@ def test_interpret_maps_verdicts_to_the_models_outcome():
 # ---- prompts -------------------------------------------------------------------
 @needs_mt_bench
 def test_mt_bench_prompts_from_fastchat_file():
-    prompts = jp.load_mt_bench_prompts(MT_PROMPTS)
+    prompts = mt_bench.load_judge_prompts(MT_PROMPTS)
     turns = ["What is 2+2?", "And times 3?"]
-    one = jp.mt_bench_single(prompts, turns, ["4"], [])
+    one = mt_bench.single_messages(prompts, turns, ["4"], [])
     assert one[0]["content"] == "You are a helpful assistant." and "[[rating]]" in one[1]["content"]
     assert "What is 2+2?" in one[1]["content"] and "[The Start of Assistant's Answer]\n4\n" in one[1]["content"]
-    two = jp.mt_bench_single(prompts, turns, ["4", "12"], ["4", "12"])
+    two = mt_bench.single_messages(prompts, turns, ["4", "12"], ["4", "12"])
     assert "Reference answer" in two[1]["content"] and "second" in two[0]["content"]
-    pair = jp.mt_bench_pair(prompts, turns, ["4"], ["5"], [])
+    pair = mt_bench.pair_messages(prompts, turns, ["4"], ["5"], [])
     assert "[[A]]" in pair[0]["content"] and "Assistant A's Answer]\n4\n" in pair[1]["content"]
 
 
 def test_alignbench_prompt_lists_the_dimensions_of_the_answer_type():
-    msgs = jp.alignbench_single("1+1等于几？", "2", "1+1=2", "数学计算", "初等数学")
+    msgs = alignbench.judge_messages("1+1等于几？", "2", "1+1=2", "数学计算", "初等数学")
     text = msgs[0]["content"]
-    for dim in jp.ALIGNBENCH_DIMENSIONS["逻辑推理型回答"]:
+    for dim in alignbench.DIMENSIONS["逻辑推理型回答"]:
         assert dim in text
     assert "综合得分" in text and "[参考答案开始]\n1+1=2" in text and "[助手的答案开始]\n2\n" in text
 
 
 def test_alpaca_prompt_names_outputs_m_and_M():
-    msgs = jp.alpaca_pair("Say hi", "hi", "hello")
+    msgs = alpacaeval.judge_messages("Say hi", "hi", "hello")
     assert "## Output (m)\n\nhi" in msgs[1]["content"] and "## Output (M)\n\nhello" in msgs[1]["content"]
 
 
@@ -240,17 +240,39 @@ def test_secrets_redacted_but_not_key_names_or_token_counts():
 def test_judged_dataset_checks(tmp_path):
     cfg = load_config("eval_mt_bench", [f"work_dir={tmp_path}", "datasets.mt_bench_single.prompt.format=plain",
                                         f"data_root={SHARED_DATA}"])
-    from raveval.run import evaluate as pipeline
+    from raveval.run.plan import make_plan
 
-    plan = pipeline.make_plan(cfg)
+    plan = make_plan(cfg)
     assert "prompt.format: chat" in plan.datasets[0].error
     cfg = load_config("eval_mt_bench", [f"work_dir={tmp_path}", f"data_root={tmp_path}"])
-    assert "judge_prompts" in pipeline.make_plan(cfg).datasets[0].error
+    assert "judge_prompts" in make_plan(cfg).datasets[0].error
+
+
+def test_judge_check_reads_modes_and_verdicts_from_the_benchmark(tmp_path):
+    from raveval.config.schema import DatasetConfig
+
+    def d(loader, **judge):
+        return DatasetConfig(loader=loader, path="x", mode="gen", prompt={"format": "chat"},
+                             judge={"endpoint": "e", **judge})
+    with pytest.raises(tasks.JudgeSetupError, match=r"loader 'mmlu' has no judge prompts \(use one of "
+                                                     r"\['mt_bench', 'alignbench', 'alpacaeval'\]\)"):
+        tasks.check("x", d("mmlu"))
+    with pytest.raises(tasks.JudgeSetupError, match=r"judge.mode 'single' is not available for alpacaeval"):
+        tasks.check("x", d("alpacaeval"))
+    with pytest.raises(tasks.JudgeSetupError, match="judge.guided is not available for alignbench"):
+        tasks.check("x", d("alignbench", guided=True))
+    tasks.check("x", d("alpacaeval", mode="pairwise", guided=True))
+    with pytest.raises(tasks.JudgeSetupError, match="baseline_path not found"):
+        tasks.check("x", d("alpacaeval", mode="pairwise", baseline="b", baseline_path=str(tmp_path / "none.json")))
+    # Every parser name a judgement row may carry reads back to one verdict.
+    assert set(tasks.VERDICTS) == {"rating", "pair", "alignbench", "alpaca"}
+    assert tasks.interpret("alignbench", "", "{'综合得分': 8}")["ratings"] == '{"综合得分": 8.0}'
+    assert tasks.interpret("nope", "", "x")["error"] == "unknown parser 'nope'"
 
 
 def test_judge_requests_cover_every_row_turn_and_order(tmp_path):
     """Rows whose answers are missing become requests with pre_error (never dropped)."""
-    from raveval.run import evaluate as pipeline
+    from raveval.run.plan import make_plan
 
     qfile = tmp_path / "question.jsonl"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in [
@@ -263,23 +285,22 @@ def test_judge_requests_cover_every_row_turn_and_order(tmp_path):
                                         f"datasets.mt_bench_single.judge.prompts_path={tmp_path / 'p.jsonl'}"])
     (tmp_path / "p.jsonl").write_text("".join(
         json.dumps({"name": n, "type": "x", "system_prompt": "S", "prompt_template": "T{question_1}" if "multi" in n else "T",
-                    "output_format": "[[A]]"}) + "\n" for n in jp.MT_BENCH_NAMES.values()))
-    plan = pipeline.make_plan(cfg)
+                    "output_format": "[[A]]"}) + "\n" for n in mt_bench.PROMPT_NAMES.values()))
+    plan = make_plan(cfg)
     d = plan.datasets[0]
-    assert d.error is None and [r["turn"] for r in d.requests] == [1, 1]
-    preds = {d.requests[0]["key"]: {"prediction": "2", "error": None},
-             d.requests[1]["key"]: {"prediction": None, "error": "replica lost"}}
+    assert d.error is None and [r.turn for r in d.requests] == [1, 1]
+    preds = {d.requests[0].key: {"prediction": "2", "error": None},
+             d.requests[1].key: {"prediction": None, "error": "replica lost"}}
     more = tasks.followup_requests(d, 2, preds, plan.model_id)
-    assert len(more) == 1 and json.loads(more[0]["prompt"])[-2:] == [
+    assert len(more) == 1 and json.loads(more[0].prompt)[-2:] == [
         {"role": "assistant", "content": "2"}, {"role": "user", "content": "times 3?"}]
     d.requests += more
-    preds[more[0]["key"]] = {"prediction": "6", "error": None}
-    reqs = tasks.judge_requests(d, preds, {"base_url": "u", "model": "j"}, "m",
-                                jp.load_mt_bench_prompts(tmp_path / "p.jsonl"), None)
-    assert len(reqs) == 2 * 2 * 2 and len({r["key"] for r in reqs}) == 8
-    ok = [r for r in reqs if r["pre_error"] is None]
-    assert {(r["row_id"], r["turn"], r["order"]) for r in ok} == {("1", 1, "AB"), ("1", 1, "BA"), ("1", 2, "AB"), ("1", 2, "BA")}
-    assert all("replica lost" in r["pre_error"] for r in reqs if r["row_id"] == "2")
+    preds[more[0].key] = {"prediction": "6", "error": None}
+    reqs = tasks.judge_requests(d, preds, {"base_url": "u", "model": "j"}, "m")
+    assert len(reqs) == 2 * 2 * 2 and len({r.key for r in reqs}) == 8
+    ok = [r for r in reqs if r.pre_error is None]
+    assert {(r.row_id, r.turn, r.order) for r in ok} == {("1", 1, "AB"), ("1", 1, "BA"), ("1", 2, "AB"), ("1", 2, "BA")}
+    assert all("replica lost" in r.pre_error for r in reqs if r.row_id == "2")
 
 
 # ---- loaders -------------------------------------------------------------------

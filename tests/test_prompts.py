@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from raveval.tasks import prompts
+from raveval.tasks.request import decode_prompt, encode_prompt
 from raveval.config.schema import DatasetConfig
 
 ROW = {"subject": "high_school_physics", "row_id": "high_school_physics/3", "question": "What is 2+2?",
@@ -36,8 +37,8 @@ def test_chat_k_shot_is_earlier_rounds():
     assert msgs[1]["content"].startswith("The following are") and msgs[2]["content"] == "A"
     assert msgs[3]["content"].endswith("D. 6\nAnswer:")
     assert prompts.continuations(ROW, chat=True) == ["A", "B", "C", "D"]
-    text, chat = prompts.encode_prompt(msgs)
-    assert chat and prompts.decode_prompt(text, chat) == msgs
+    text, chat = encode_prompt(msgs)
+    assert chat and decode_prompt(text, chat) == msgs
 
 
 def test_gsm8k_shots_show_reasoning_then_answer():
@@ -69,3 +70,18 @@ def test_fixed_k_shot_takes_first_k_of_the_subject():
 def test_k_shot_without_fewshot_path_is_a_config_error():
     with pytest.raises(prompts.PromptError, match="fewshot_path"):
         prompts.check(cfg(fewshot_path=None, prompt={"k_shot": 5}))
+
+
+def test_generated_answers_are_read_as_the_benchmarks_gold_kind():
+    prompts.check(cfg(loader="gsm8k", mode="gen", answer="number"))
+    with pytest.raises(prompts.PromptError, match="answer: choice cannot match gsm8k's gold answers; use answer: number"):
+        prompts.check(cfg(loader="gsm8k", mode="gen"))
+    prompts.check(cfg(loader="generic", mode="gen", answer="text"))  # generic: any kind
+
+
+def test_generic_family_follows_mode_and_answer():
+    row = {**ROW, "subject": ""}
+    mc = prompts.build_prompt(cfg(loader="generic", mode="gen", answer="choice"), row, [])
+    assert mc.startswith("The following are multiple choice questions (with answers) about general knowledge.")
+    assert prompts.build_prompt(cfg(loader="generic", mode="gen", answer="number"), row, []) == \
+        "Question: What is 2+2?\nAnswer:"

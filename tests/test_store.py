@@ -4,7 +4,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raveval.results.store import Store, row_key
+from raveval.results.store import Store
+from raveval.tasks.request import row_key
 
 
 def table(keys, errors):

@@ -3,58 +3,18 @@
 Each dataset row becomes one request row. Like OpenCompass's PPL and Gen
 inferencers there are two modes: `ll` scores each choice as a continuation of
 the prompt; `gen` lets the model answer and extracts the answer afterwards.
+The default template, header and shot answer come from the benchmark's
+prompt family (its spec in tasks/benchmarks); `prompt:` overrides each.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-
-from raveval.tasks.benchmarks.categories import CEVAL_CHINESE_NAMES
-
 from raveval.config.schema import DatasetConfig
-
-LETTERS = "ABCDEFGHIJ"
-
-
-@dataclass(frozen=True)
-class Family:
-    header: str
-    template: str
-    shot_answer: str
-    # Display names of subjects for {subject_name}; others read "high school physics".
-    subject_names: dict = field(default_factory=dict)
-
-
-CHOICE_QA = Family(
-    header="The following are multiple choice questions (with answers) about {subject_name}.\n\n",
-    template="{question}\n{choices}\nAnswer:",
-    shot_answer=" {gold}",
-)
-# C-Eval's own prompt (as in OpenCompass's ceval configs), in Chinese.
-CEVAL = Family(
-    header="以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。\n\n",
-    template="{question}\n{choices}\n答案:",
-    shot_answer=" {gold}",
-    subject_names=CEVAL_CHINESE_NAMES,
-)
-MATH_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {explanation}\n#### {gold}")
-OPEN_QA = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {gold}")
-
-# Subjective benchmarks: the question as it is (a chat turn); the judge scores the reply.
-OPEN_CHAT = Family(header="", template="{question}", shot_answer="")
-
-FAMILIES = {"mmlu": CHOICE_QA, "ceval": CEVAL, "gsm8k": MATH_QA,
-            "mt_bench": OPEN_CHAT, "alignbench": OPEN_CHAT, "alpacaeval": OPEN_CHAT}
+from raveval.tasks.benchmarks import benchmark
+from raveval.tasks.benchmarks.common import LETTERS
 
 
 class PromptError(ValueError):
     pass
-
-
-def family_of(cfg: DatasetConfig) -> Family:
-    if cfg.loader in FAMILIES:
-        return FAMILIES[cfg.loader]
-    return CHOICE_QA if cfg.mode == "ll" or cfg.answer == "choice" else OPEN_QA
 
 
 def _fields(row: dict, names: dict[str, str]) -> dict:
@@ -86,7 +46,7 @@ def continuations(row: dict, chat: bool) -> list[str]:
 
 def build_prompt(cfg: DatasetConfig, row: dict, shots: list[dict]) -> str | list[dict]:
     """The prompt of one row: a string (plain) or a list of chat messages."""
-    fam = family_of(cfg)
+    fam = benchmark(cfg.loader).family_of(cfg)
     p = cfg.prompt
     template = p.template or fam.template
     header = fam.header if p.header is None else p.header
@@ -121,14 +81,7 @@ def check(cfg: DatasetConfig) -> None:
     """Config-time checks that need no data."""
     if cfg.prompt.k_shot and not cfg.fewshot_path:
         raise PromptError(f"prompt.k_shot={cfg.prompt.k_shot} needs fewshot_path (the dev/train split)")
-
-
-def encode_prompt(prompt: str | list[dict]) -> tuple[str, bool]:
-    """Arrow-friendly form: (text, is_chat); chat messages as JSON."""
-    if isinstance(prompt, str):
-        return prompt, False
-    return json.dumps(prompt, ensure_ascii=False), True
-
-
-def decode_prompt(text: str, chat: bool) -> str | list[dict]:
-    return json.loads(text) if chat else text
+    kind = benchmark(cfg.loader).answer
+    # A generation read as another kind than the gold answers could never be right.
+    if cfg.mode == "gen" and cfg.judge is None and kind and cfg.answer != kind:
+        raise PromptError(f"answer: {cfg.answer} cannot match {cfg.loader}'s gold answers; use answer: {kind}")

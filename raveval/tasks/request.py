@@ -16,6 +16,8 @@ from typing import Optional
 
 import pyarrow as pa
 
+from raveval.config.schema import DatasetConfig
+
 Prompt = str | list[dict]
 
 
@@ -111,3 +113,31 @@ def encode_prompt(prompt: Prompt) -> tuple[str, bool]:
 
 def decode_prompt(text: str, chat: bool) -> Prompt:
     return json.loads(text) if chat else text
+
+
+def gen_params(d: DatasetConfig) -> str:
+    """A dataset's generation parameters as canonical JSON (part of each row's key)."""
+    g = d.generation
+    return json.dumps({"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+                       "top_k": g.top_k, "stop": list(g.stop), "seed": g.seed}, sort_keys=True)
+
+
+def build_requests(name: str, d: DatasetConfig, loaded, model: str, model_id: dict) -> list[Request]:
+    """One request per loaded row: its prompt (with the k shots), what is scored, and its key."""
+    from raveval.tasks import prompts
+
+    chat = d.prompt.format == "chat"
+    params = gen_params(d) if d.mode == "gen" else ""
+    out = []
+    for row in loaded.rows:
+        if d.mode == "ll" and not row["choices"]:
+            raise prompts.PromptError(f"row {row['row_id']!r} has no choices, so it cannot run in ll mode")
+        shots = prompts.pick_shots(d, loaded.fewshot, row)
+        text, is_chat = encode_prompt(prompts.build_prompt(d, row, shots))
+        conts = prompts.continuations(row, chat) if d.mode == "ll" else []
+        out.append(Request(
+            key=row_key(model_id, name, row["row_id"], text, conts, params, d.mode),
+            model=model, dataset=name, subject=row["subject"], row_id=row["row_id"], mode=d.mode, chat=is_chat,
+            prompt=text, continuations=conts, params=params, choices=list(row["choices"]), gold=row["gold"],
+            answer=d.answer, judged=d.judge is not None))
+    return out

@@ -14,7 +14,7 @@ import math
 import re
 from collections import defaultdict
 
-from raveval.tasks.prompts import LETTERS
+from raveval.tasks.benchmarks.common import LETTERS
 
 _NUMBER = r"-?[\d,]*\.?\d+"
 

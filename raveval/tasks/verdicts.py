@@ -1,36 +1,68 @@
-"""Verdict parsers. Each returns None when the text holds no verdict; the caller
-keeps the raw text either way and turns None into an error row that says so.
+"""Verdicts: how a judge's reply is read. A benchmark names one `Verdict` per
+judge mode; the verdict's name is stored in each judgement row (`parser`), so
+the judge stage can read the reply without knowing the benchmark.
 
-- rating: MT-Bench single grading, "Rating: [[7]]" (1-10); fallbacks "[7]",
+A parser returns None when the text holds no verdict; the judgement then
+becomes an error row that says so, with the raw text kept either way.
+
+FastChat's two formats live here because any benchmark may reuse them:
+- rating: single grading, "Rating: [[7]]" (1-10); fallbacks "[7]",
   "Rating: 7", "7/10".
-- pair: MT-Bench pairwise, "[[A]]" / "[[B]]" / "[[C]]" (tie); the last verdict
-  wins (judges explain first and conclude last); fallbacks "[A]", "tie".
-- alignbench: the score dict at the end, {'事实正确性': 9, ..., '综合得分': 7},
-  in Python or JSON quoting; per-dimension scores plus the 1-10 overall.
-- alpaca: AlpacaEval's output identifier, "m" or "M".
+- pair: pairwise, "[[A]]" / "[[B]]" / "[[C]]" (tie); the last verdict wins
+  (judges explain first and conclude last); fallbacks "[A]", "tie".
+A benchmark with a format of its own defines its Verdict in its module.
 """
 from __future__ import annotations
 
+import json
 import re
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-_NUM = r"(\d+(?:\.\d+)?)"
-OVERALL_KEYS = ("综合得分", "overall", "overall score", "overall_score", "总分")
+NUM = r"(\d+(?:\.\d+)?)"
 
 
-def _in_range(x: float, lo: float = 1.0, hi: float = 10.0) -> Optional[float]:
+@dataclass(frozen=True)
+class Verdict:
+    name: str                 # stored as the judgement row's `parser` (part of its key)
+    # Single grading: text -> (1-10 score, {dimension: score} or None);
+    # pairwise: text -> the verdict string (`first`, the other answer's, or "tie").
+    parse: Callable[[str], object]
+    missing: str              # the error when the text holds no verdict
+    first: str = ""           # pairwise: the verdict that prefers the answer shown first; "" for scores
+    guided: tuple[str, ...] = ()  # every string the verdict may be, for guided decoding; (): not possible
+
+    def read(self, order: str, text: str) -> dict:
+        """score / verdict / outcome (the model's: 1 win, 0.5 tie, 0 loss) / ratings, or error.
+        `order`: pairwise, "AB" when the model's answer was shown first, "BA" when second."""
+        out = {"score": None, "verdict": None, "outcome": None, "ratings": None, "error": None}
+        got = self.parse(text)
+        if got is None:
+            out["error"] = f"unparseable verdict: {self.missing}"
+        elif not self.first:
+            score, ratings = got
+            out["score"], out["verdict"] = score, f"{score:g}"
+            if ratings is not None:
+                out["ratings"] = json.dumps(ratings, ensure_ascii=False)
+        else:
+            out["verdict"] = got
+            out["outcome"] = 0.5 if got == "tie" else float((got == self.first) == (order == "AB"))
+        return out
+
+
+def in_range(x: float, lo: float = 1.0, hi: float = 10.0) -> Optional[float]:
     return x if lo <= x <= hi else None
 
 
 def parse_rating(text: str) -> Optional[float]:
     if not text:
         return None
-    for pattern in (rf"\[\[\s*{_NUM}\s*(?:/\s*10\s*)?\]\]", rf"\[\s*{_NUM}\s*(?:/\s*10\s*)?\]",
-                    rf"[Rr]ating\s*(?:is|of|:|：)?\s*\**\s*{_NUM}", rf"{_NUM}\s*/\s*10\b",
-                    rf"[Ss]core\s*(?:is|of|:|：)?\s*\**\s*{_NUM}"):
+    for pattern in (rf"\[\[\s*{NUM}\s*(?:/\s*10\s*)?\]\]", rf"\[\s*{NUM}\s*(?:/\s*10\s*)?\]",
+                    rf"[Rr]ating\s*(?:is|of|:|：)?\s*\**\s*{NUM}", rf"{NUM}\s*/\s*10\b",
+                    rf"[Ss]core\s*(?:is|of|:|：)?\s*\**\s*{NUM}"):
         found = re.findall(pattern, text)
         if found:
-            return _in_range(float(found[-1]))
+            return in_range(float(found[-1]))
     return None
 
 
@@ -52,43 +84,10 @@ def parse_pair(text: str) -> Optional[str]:
     return m[-1] if m else None
 
 
-def parse_alignbench(text: str) -> Optional[tuple[float, dict[str, float]]]:
-    """(overall 1-10, {dimension: score}) from the last {...} of the text."""
-    if not text:
-        return None
-    blocks = re.findall(r"\{([^{}]*)\}", text)
-    for block in reversed(blocks):
-        pairs = re.findall(rf"[\"'“‘]?([^\"'“”‘’,:：{{}}]+?)[\"'”’]?\s*[:：]\s*{_NUM}", block)
-        ratings = {k.strip(): float(v) for k, v in pairs}
-        if not ratings:
-            continue
-        overall = next((ratings[k] for k in ratings if k.lower() in OVERALL_KEYS), None)
-        if overall is None:
-            continue
-        if _in_range(overall) is None or any(not 0 <= v <= 10 for v in ratings.values()):
-            return None
-        return overall, ratings
-    m = re.findall(rf"(?:综合得分|[Oo]verall [Ss]core)[\"'”’]?\s*[:：]\s*{_NUM}", text)
-    if m:
-        overall = _in_range(float(m[-1]))
-        return (overall, {"综合得分": overall}) if overall is not None else None
-    return None
+def _rating(text: str) -> Optional[tuple[float, None]]:
+    score = parse_rating(text)
+    return None if score is None else (score, None)
 
 
-def parse_alpaca(text: str) -> Optional[str]:
-    """'m' or 'M' (the identifiers of the two outputs)."""
-    if not text:
-        return None
-    t = text.strip().strip("`\"'().[] \n")
-    if t in ("m", "M"):
-        return t
-    found = re.findall(r"(?<![A-Za-z])(m|M)(?![A-Za-z])", text)
-    return found[-1] if found else None
-
-
-# Output constraints for guided decoding: the exact strings a verdict may be.
-GUIDED_CHOICES = {
-    "rating": [f"[[{i}]]" for i in range(1, 11)],
-    "pair": ["[[A]]", "[[B]]", "[[C]]"],
-    "alpaca": ["m", "M"],
-}
+RATING = Verdict("rating", _rating, "no [[rating]] in 1-10", guided=tuple(f"[[{i}]]" for i in range(1, 11)))
+PAIR = Verdict("pair", parse_pair, "no [[A]]/[[B]]/[[C]]", first="A", guided=("[[A]]", "[[B]]", "[[C]]"))

@@ -1,14 +1,23 @@
 """C-Eval in the OpenCompass layout: `formal_ceval/{dev,val,test}/{subject}_{split}.csv`
 with a header `id,question,A,B,C,D,answer[,explanation]`. The test split has no labels,
-so its gold is "". Few-shot (dev) rows also carry `explanation`."""
+so its gold is "". Few-shot (dev) rows also carry `explanation`.
+Prompted in Chinese with the subject's Chinese name, as OpenCompass's ceval configs do."""
 from __future__ import annotations
 
 from raveval.config.schema import DatasetConfig
 
-from .categories import CEVAL_CATEGORIES
+from .categories import CEVAL_CATEGORIES, CEVAL_CHINESE_NAMES
 from .common import DatasetError, Parsed, existing, letter, make_row, read_csv, split_files
+from .spec import Benchmark, Family
 
 COLUMNS = ("question", "A", "B", "C", "D", "answer")
+
+PROMPT = Family(
+    header="以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。\n\n",
+    template="{question}\n{choices}\n答案:",
+    shot_answer=" {gold}",
+    subject_names=CEVAL_CHINESE_NAMES,
+)
 
 
 def _read(path_str: str, splits: tuple[str, ...], what: str, shots: bool = False) -> list[dict]:
@@ -40,3 +49,6 @@ def load(cfg: DatasetConfig) -> Parsed:
         for r in _read(cfg.fewshot_path, ("dev",), "fewshot_path", shots=True):
             fewshot.setdefault(r["subject"], []).append(r)
     return Parsed(rows, fewshot, CEVAL_CATEGORIES)
+
+
+BENCHMARK = Benchmark(name="ceval", load=load, family=PROMPT, answer="choice")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
+# Choice letters, everywhere: gold answers, prompts, ll continuations, extraction.
 LETTERS = "ABCDEFGHIJ"
 
 

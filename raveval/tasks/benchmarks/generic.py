@@ -3,7 +3,8 @@ mapped to our row keys by `cfg.fields`, e.g.
     fields: {question: prompt, gold: label, choices: [A, B, C, D], subject: topic}
 `question` and `gold` default to columns of the same name; `choices` is one column
 holding a list (a JSON list string in CSV) or a list of columns; `row_id` defaults
-to the record index in the file."""
+to the record index in the file. Rows with choices (`ll` mode or `answer: choice`) are
+prompted as multiple choice questions, others as "Question: ... Answer:"."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,7 @@ from typing import Iterator
 from raveval.config.schema import DatasetConfig
 
 from .common import DatasetError, Parsed, existing, make_row, read_jsonl
+from .spec import CHOICE_QA, OPEN_QA, Benchmark, Family
 
 KEYS = ("question", "gold", "choices", "subject", "row_id")
 
@@ -88,3 +90,10 @@ def load(cfg: DatasetConfig) -> Parsed:
         for r in _read(existing(cfg.fewshot_path, "generic fewshot_path", want_file=True), cfg.fields):
             fewshot.setdefault(r["subject"], []).append(r)
     return Parsed(rows, fewshot, {})
+
+
+def family(cfg: DatasetConfig) -> Family:
+    return CHOICE_QA if cfg.mode == "ll" or cfg.answer == "choice" else OPEN_QA
+
+
+BENCHMARK = Benchmark(name="generic", load=load, family=family)

@@ -1,4 +1,5 @@
-"""GSM8K: JSON lines {question, answer}; the answer ends with `#### <number>`."""
+"""GSM8K: JSON lines {question, answer}; the answer ends with `#### <number>`.
+Shots show the worked solution, then `#### <gold>`; the gold answer is a number."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,9 @@ from pathlib import Path
 from raveval.config.schema import DatasetConfig
 
 from .common import DatasetError, Parsed, existing, make_row, read_jsonl
+from .spec import Benchmark, Family
+
+PROMPT = Family(header="", template="Question: {question}\nAnswer:", shot_answer=" {explanation}\n#### {gold}")
 
 
 def final_number(answer: str) -> str | None:
@@ -39,3 +43,6 @@ def load(cfg: DatasetConfig) -> Parsed:
     if cfg.fewshot_path:
         fewshot = {"": _read(existing(cfg.fewshot_path, "gsm8k fewshot_path", want_file=True), shots=True)}
     return Parsed(rows, fewshot, {})
+
+
+BENCHMARK = Benchmark(name="gsm8k", load=load, family=PROMPT, answer="number")

@@ -1,5 +1,6 @@
 """MMLU: the JSON-lines layout (question, answer_a..answer_d, correct_answer, topic)
-or the original CSV layout (`{subject}_{split}.csv`, no header: question,A,B,C,D,answer)."""
+or the original CSV layout (`{subject}_{split}.csv`, no header: question,A,B,C,D,answer).
+Prompted as multiple choice questions about the subject; the gold answer is a letter."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ from raveval.config.schema import DatasetConfig
 
 from .categories import MMLU_CATEGORIES
 from .common import DatasetError, Parsed, existing, letter, make_row, read_csv, read_jsonl, snake, split_files
+from .spec import CHOICE_QA, Benchmark
 
 JSONL_KEYS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic")
 
@@ -66,3 +68,6 @@ def load(cfg: DatasetConfig) -> Parsed:
         for r in _read(cfg.fewshot_path, ("dev", "val"), "fewshot_path"):
             fewshot.setdefault(r["subject"], []).append(r)
     return Parsed(rows, fewshot, MMLU_CATEGORIES)
+
+
+BENCHMARK = Benchmark(name="mmlu", load=load, family=CHOICE_QA, answer="choice")
