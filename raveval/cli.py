@@ -23,21 +23,21 @@ def cmd_run(ns) -> int:
     except ConfigError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 2
-    from raveval.run import evaluate as pipeline
-
-    if ns.dry_run:
+    if ns.dry_run:  # no Ray: the plan only
         from raveval.results.store import Store
+        from raveval.run.plan import describe, make_plan
 
-        plan = pipeline.make_plan(cfg)
-        print(pipeline.describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
+        plan = make_plan(cfg)
+        print(describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
         return 1 if any(d.error for d in plan.datasets) else 0
 
     from raveval.results.summary import markdown
+    from raveval.run.evaluate import run, shutdown
 
     try:
-        result = pipeline.run(cfg)
+        result = run(cfg)
     finally:
-        pipeline.shutdown(cfg)
+        shutdown(cfg)
     print()
     print(markdown(result.summary, subjects=ns.subjects))
     s = result.stats

@@ -22,7 +22,7 @@ def ray_local():
     """One real local Ray (never an existing cluster) with Serve, for the whole session."""
     import ray
 
-    from raveval.run.evaluate import init_ray
+    from raveval.stream.cluster import init_ray
 
     # Short path: Ray's socket paths must stay under the OS limit.
     tmp = tempfile.mkdtemp(prefix="rv-", dir="/tmp")

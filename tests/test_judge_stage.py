@@ -14,7 +14,8 @@ import pytest
 from conftest import SHARED_DATA
 from raveval.stream.judge_stage import judge_stream
 from fake_judge import FakeChatServer
-from raveval.config.schema import EndpointConfig
+from raveval.config.schema import EndpointConfig, StreamConfig
+from raveval.tasks.request import JudgeRequest
 from raveval.results.store import JUDGEMENTS, Store
 
 MT_BENCH = SHARED_DATA / "mt_bench"
@@ -26,21 +27,21 @@ def endpoint(server, **kw) -> dict:
                           retry=retry, **kw).model_dump()
 
 
-def requests(n: int, tag: str, endpoint_name: str = "j") -> list[dict]:
-    return [{"key": f"{tag}-{i}", "model": "m", "dataset": "d", "subject": "", "row_id": str(i), "turn": 1,
-             "endpoint": endpoint_name, "kind": "single", "order": "", "parser": "rating",
-             "messages": json.dumps([{"role": "user", "content": f"{tag} {i}: [[rating]]"}]),
-             "max_tokens": 16, "temperature": 0.0, "guided": [], "pre_error": None}
+def requests(n: int, tag: str, endpoint_name: str = "j") -> list[JudgeRequest]:
+    return [JudgeRequest(key=f"{tag}-{i}", model="m", dataset="d", subject="", row_id=str(i), turn=1,
+                         endpoint=endpoint_name, kind="single", order="", parser="rating",
+                         messages=json.dumps([{"role": "user", "content": f"{tag} {i}: [[rating]]"}]),
+                         max_tokens=16, temperature=0.0, guided=[], baseline="", model_len=0, baseline_len=0)
             for i in range(n)]
 
 
-def stream(reqs, endpoints, work, **kw):
+def stream(reqs, endpoints, work, **settings):
     from raveval.http.limiter import ensure_shared_limiter
 
     for cfg in endpoints.values():
         ensure_shared_limiter(EndpointConfig.model_validate(cfg))
     store = Store(work, JUDGEMENTS)
-    stats = judge_stream(reqs, endpoints, store, log=lambda *_: None, **kw)
+    stats = judge_stream(reqs, endpoints, store, StreamConfig(**settings), log=lambda *_: None)
     return stats, store.read().to_pylist()
 
 
@@ -225,7 +226,7 @@ def test_local_judge_route_with_guided_verdicts(ray_local, tmp_path):
 
     from raveval.run.config import load_config
     from raveval.http.client import ChatClient, RequestFailed
-    from raveval.serving.replica import deploy, wait_ready
+    from raveval.serving.deploy import deploy, wait_ready
 
     port = _free_port()
     serve.shutdown()

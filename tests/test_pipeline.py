@@ -7,6 +7,10 @@ import pytest
 from raveval.run import evaluate as pipeline
 from raveval.run.config import load_config
 from raveval.results.store import Store
+from raveval.run.plan import make_plan
+from raveval.stream.model_stage import RESULT_SCHEMA
+from raveval.stream.stage import append_results
+from raveval.tasks.request import to_table
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def test_every_row_is_scored_and_written(demo_run):
     plan = result.plan
     assert not result.failed
     rows = Store(cfg.work_dir).read().to_pylist()
-    assert sorted(r["key"] for r in rows) == sorted(r["key"] for r in plan.requests)
+    assert sorted(r["key"] for r in rows) == sorted(r.key for r in plan.requests)
     assert result.stats["rows"] == len(plan.requests) and result.stats["reused"] == 0
     for r in rows:
         assert r["error"] is None, r["error"]
@@ -60,12 +64,11 @@ def test_rerun_reuses_finished_rows(demo_run):
 
 def test_error_rows_are_kept_counted_and_retried(ray_local, tmp_path):
     cfg = load_config("demo", [f"work_dir={tmp_path}", "datasets=[demo_gsm8k_gen]", "datasets.demo_gsm8k_gen.limit=4"])
-    plan = pipeline.make_plan(cfg)
+    plan = make_plan(cfg)
     # A crashed earlier run left these rows as error rows.
-    import pyarrow as pa
-
-    batch = pa.Table.from_pylist(plan.requests)
-    Store(tmp_path).write_part(pipeline.add_results(batch, [{"error": "ActorDiedError: replica lost"}] * batch.num_rows))
+    batch = to_table(plan.requests)
+    Store(tmp_path).write_part(append_results(batch, [{"error": "ActorDiedError: replica lost"}] * batch.num_rows,
+                                              RESULT_SCHEMA))
     from raveval.results.summary import summarize
 
     summary, failed = summarize(plan, Store(tmp_path).read())

@@ -6,8 +6,6 @@ a re-run with the same work_dir skips the rows whose key is already there.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -19,12 +17,6 @@ import pyarrow.parquet as pq
 
 PREDICTIONS = "predictions"
 JUDGEMENTS = "judgements"  # the judge stage's rows, beside the predictions
-
-
-def row_key(model_id: dict, dataset: str, row_id: str, prompt: str, continuations: list[str], params: str, mode: str) -> str:
-    """Stable key of one request: same model, row, prompt and parameters -> same key."""
-    blob = json.dumps([model_id, dataset, row_id, prompt, continuations, params, mode], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class Store:

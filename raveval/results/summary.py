@@ -42,10 +42,10 @@ def summarize(plan, results: pa.Table | None, judgements: pa.Table | None = None
                 failed.append(f"dataset {d.name}: no judgement succeeded ({metrics[0]['errors']} error rows)")
             rows += [{"model": model, "dataset": d.name, **m} for m in metrics]
             continue
-        found = [by_key[r["key"]] for r in d.requests if r["key"] in by_key]
+        found = [by_key[r.key] for r in d.requests if r.key in by_key]
         missing = len(d.requests) - len(found)
         # A row the stream never returned is still counted, as an error.
-        found += [{"subject": r["subject"], "correct": None, "error": "no result"} for r in d.requests if r["key"] not in by_key]
+        found += [{"subject": r.subject, "correct": None, "error": "no result"} for r in d.requests if r.key not in by_key]
         metrics = aggregate(found, d.groups)
         if metrics[0]["n"] == 0:
             failed.append(f"dataset {d.name}: all {len(d.requests)} rows ended in errors" + (f" ({missing} without result)" if missing else ""))
@@ -59,10 +59,12 @@ def _subjective(d, judgements: pa.Table | None) -> list[dict]:
     if judgements is not None and d.judge_requests:
         have = [c for c in JUDGE_COLUMNS if c in judgements.column_names]
         by_key = {r["key"]: r for r in judgements.select(have).to_pylist()}
-    reqs = d.judge_requests or [{**r, "order": "", "pre_error": "not judged"} for r in d.requests]
-    found = [by_key.get(r["key"]) or {"subject": r["subject"], "row_id": r["row_id"], "turn": r.get("turn", 1),
-                                      "order": r.get("order", ""), "error": r.get("pre_error") or "no result"}
-             for r in reqs]
+    if d.judge_requests:
+        found = [by_key.get(r.key) or {"subject": r.subject, "row_id": r.row_id, "turn": r.turn, "order": r.order,
+                                       "error": r.pre_error or "no result"} for r in d.judge_requests]
+    else:  # the judge pass never ran: every answer counts as an error
+        found = [{"subject": r.subject, "row_id": r.row_id, "turn": r.turn, "order": "", "error": "not judged"}
+                 for r in d.requests]
     return aggregate_subjective(found, d.cfg.judge.mode, d.groups)
 
 

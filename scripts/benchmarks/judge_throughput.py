@@ -28,30 +28,31 @@ from pathlib import Path
 # The fault-injecting judge server is test tooling: it lives in tests/, not in the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from fake_judge import FakeChatServer  # noqa: E402
-from raveval.config.schema import EndpointConfig  # noqa: E402
+from raveval.config.schema import EndpointConfig, StreamConfig  # noqa: E402
+from raveval.tasks.request import JudgeRequest  # noqa: E402
 
 
-def judge_requests(n: int) -> list[dict]:
-    return [{"key": f"bench-{i}", "model": "m", "dataset": "bench", "subject": "", "row_id": str(i), "turn": 1,
-             "endpoint": "bench", "kind": "single", "order": "", "parser": "rating",
-             "messages": json.dumps([{"role": "system", "content": "You are a helpful assistant."},
-                                     {"role": "user", "content": f"Rate answer {i} as [[rating]]: ..."}]),
-             "max_tokens": 64, "temperature": 0.0, "guided": [], "pre_error": None}
+def judge_requests(n: int) -> list[JudgeRequest]:
+    return [JudgeRequest(key=f"bench-{i}", model="m", dataset="bench", subject="", row_id=str(i), turn=1,
+                         endpoint="bench", kind="single", order="", parser="rating",
+                         messages=json.dumps([{"role": "system", "content": "You are a helpful assistant."},
+                                              {"role": "user", "content": f"Rate answer {i} as [[rating]]: ..."}]),
+                         max_tokens=64, temperature=0.0, guided=[], baseline="", model_len=0, baseline_len=0)
             for i in range(n)]
 
 
 def run_stage(cfg: EndpointConfig, reqs: list[dict], work: str, callers: int, marks: dict) -> tuple[int, int]:
     from raveval.http.limiter import ensure_shared_limiter
     from raveval.stream.judge_stage import judge_stream
-    from raveval.run.evaluate import init_ray
+    from raveval.stream.cluster import init_ray
     from raveval.results.store import JUDGEMENTS, Store
 
     init_ray("local", temp_dir=tempfile.mkdtemp(prefix="rv-", dir="/tmp"))
     ensure_shared_limiter(cfg)
     marks["stage_start"] = time.monotonic()
     store = Store(work, JUDGEMENTS)
-    judge_stream(reqs, {"bench": cfg.model_dump()}, store, callers=callers, calls_per_caller=4,
-                 batch_rows=16, log=lambda *_: None)
+    judge_stream(reqs, {"bench": cfg.model_dump()}, store, StreamConfig(batch_rows=16, callers=callers,
+                                                                           calls_per_caller=4), log=lambda *_: None)
     rows = store.read(columns=["key", "error"]).to_pylist()
     return len(rows), sum(r["error"] is not None for r in rows)
 
@@ -65,7 +66,7 @@ def run_client(cfg: EndpointConfig, reqs: list[dict]) -> tuple[int, int]:
 
         async def one(r):
             try:
-                await client.chat(json.loads(r["messages"]), max_tokens=r["max_tokens"])
+                await client.chat(json.loads(r.messages), max_tokens=r.max_tokens)
                 return 0
             except RequestFailed:
                 return 1

@@ -16,33 +16,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from raveval.run import evaluate as pipeline
+from raveval.run.evaluate import run, shutdown
 from raveval.run.config import load_config
 from raveval.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plain_loop(cfg, requests: list[dict]) -> dict:
+def plain_loop(cfg, requests: list) -> dict:
     """The baseline: one process, the engine's own batch methods, batch_size rows at a time."""
     from raveval.engines.base import GenParams
     from raveval.engines.hf import HFEngine
-    from raveval.tasks.prompts import decode_prompt
+    from raveval.tasks.request import decode_prompt
 
     t0 = time.perf_counter()
     engine = HFEngine(cfg.model)
     t_loaded = time.perf_counter()
     bs = cfg.model.batch_size
     for mode in ("ll", "gen"):
-        rows = [r for r in requests if r["mode"] == mode]
+        rows = [r for r in requests if r.mode == mode]
         for i in range(0, len(rows), bs):
             chunk = rows[i:i + bs]
             if mode == "ll":
-                engine.loglikelihood_batch([(decode_prompt(r["prompt"], r["chat"]), list(r["continuations"])) for r in chunk])
+                engine.loglikelihood_batch([(decode_prompt(r.prompt, r.chat), list(r.continuations)) for r in chunk])
             else:
-                p = json.loads(chunk[0]["params"])
+                p = json.loads(chunk[0].params)
                 params = GenParams(**{**p, "stop": tuple(p["stop"])})
-                engine.generate_batch([decode_prompt(r["prompt"], r["chat"]) for r in chunk], params)
+                engine.generate_batch([decode_prompt(r.prompt, r.chat) for r in chunk], params)
     t_end = time.perf_counter()
     return {"load_s": t_loaded - t0, "run_s": t_end - t_loaded, "rows": len(requests)}
 
@@ -63,9 +63,9 @@ def main() -> None:
     cfg = load_config("eval_tiny_mmlu_gsm8k", overrides)
 
     t0 = time.perf_counter()
-    result = pipeline.run(cfg, log=lambda *_: None)
+    result = run(cfg, log=lambda *_: None)
     t_run = time.perf_counter() - t0
-    pipeline.shutdown(cfg)
+    shutdown(cfg)
     s = result.stats
     n = s["rows"]
     ok = Store(work).read(columns=["error"]).column("error").null_count

@@ -32,18 +32,17 @@ def offline_vllm(cfg, requests: list[dict]) -> dict:
     from vllm import LLM
 
     from raveval.engines.base import GenParams
+    from raveval.engines.tokens import Tokens, resolve_model_path
     from raveval.engines.vllm_engine import (
-        Tokens,
         engine_kwargs,
         gen_sampling_params,
+        ll_requests,
         ll_sampling_params,
-        plan_ll,
-        resolve_model_path,
         score_ll,
         supports_next_token_scoring,
         tokens_prompt,
     )
-    from raveval.tasks.prompts import decode_prompt
+    from raveval.tasks.request import decode_prompt
 
     t0 = time.perf_counter()
     path = resolve_model_path(cfg.model.path)
@@ -56,18 +55,18 @@ def offline_vllm(cfg, requests: list[dict]) -> dict:
     prompts, params, owners = [], [], []  # owners: the row index of each vLLM request
     plans, gens = {}, {}
     for i, r in enumerate(requests):
-        prompt = decode_prompt(r["prompt"], r["chat"])
-        if r["mode"] == "ll":
+        prompt = decode_prompt(r.prompt, r.chat)
+        if r.mode == "ll":
             ctx, ws = tokens.context(prompt)
-            conts = tokens.continuations(ws, list(r["continuations"]))
-            reqs = plan_ll(ctx, conts, max_len, next_token=next_token)
+            conts = tokens.continuations(ws, list(r.continuations))
+            reqs = ll_requests(ctx, conts, max_len, next_token=next_token)
             plans[i] = (reqs, len(conts), [])
             for q in reqs:
                 prompts.append(tokens_prompt(q.ids))
                 params.append(ll_sampling_params(q))
                 owners.append(i)
         else:
-            p = json.loads(r["params"])
+            p = json.loads(r.params)
             gp = gens[i] = GenParams(**{**p, "stop": tuple(p["stop"])})
             keep = max(1, max_len - gp.max_new_tokens)
             prompts.append(tokens_prompt(tokens.prompt(prompt)[-keep:]))
@@ -123,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="more config overrides, e.g. model.engine_args.max_num_seqs=512 (both sides)")
     args = ap.parse_args(argv)
 
-    from raveval.run import evaluate as pipeline
+    from raveval.run.evaluate import run, shutdown
+    from raveval.run.plan import make_plan
     from raveval.run.config import load_config
     from raveval.tasks.scoring import score_row
     from raveval.results.store import Store
@@ -147,18 +147,18 @@ def main(argv: list[str] | None = None) -> None:
 
     # Baseline, raveval, baseline again: the two baselines bracket raveval, so
     # drift in what else runs on the machine shows, and the ratio uses their mean.
-    plan_rows = pipeline.make_plan(cfg).requests
+    plan_rows = make_plan(cfg).requests
     loads: dict[str, list] = {"before": [], "raveval": [], "after": []}
     with load_sampler(loads["before"]):
         before = offline_vllm(cfg, plan_rows)
     with load_sampler(loads["raveval"]):
         t0 = time.perf_counter()
-        result = pipeline.run(cfg, log=lambda *_: None)
+        result = run(cfg, log=lambda *_: None)
         t_run = time.perf_counter() - t0
-        pipeline.shutdown(cfg)  # the replica's vLLM goes before the second baseline
+        shutdown(cfg)  # the replica's vLLM goes before the second baseline
     with load_sampler(loads["after"]):
         after = offline_vllm(cfg, plan_rows)
-    assert [r["key"] for r in result.plan.requests] == [r["key"] for r in plan_rows]
+    assert [r.key for r in result.plan.requests] == [r.key for r in plan_rows]
     s = result.stats
     n = s["rows"]
     rows = Store(work).read(columns=["key", "mode", "prediction", "logprobs", "error", "correct"]).to_pylist()
@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     by_key = {r["key"]: r for r in rows}
     worst, same_text, ll_correct, base_correct = 0.0, 0, 0, 0
     for i, req in enumerate(plan_rows):
-        mine, theirs = by_key[req["key"]], base["results"][i]
-        if req["mode"] == "ll":
+        mine, theirs = by_key[req.key], base["results"][i]
+        if req.mode == "ll":
             worst = max(worst, *(abs(a - b) for a, b in zip(mine["logprobs"], theirs["logprobs"])))
             ll_correct += bool(mine["correct"])
-            base_correct += score_row("ll", req["answer"], req["gold"], len(req["choices"]), None, theirs["logprobs"])[1]
+            base_correct += score_row("ll", req.answer, req.gold, len(req.choices), None, theirs["logprobs"])[1]
         else:
             same_text += mine["prediction"] == theirs["text"]
-    n_gen = sum(r["mode"] == "gen" for r in plan_rows)
+    n_gen = sum(r.mode == "gen" for r in plan_rows)
 
     steady = s["rows_per_s"]
     rates = [b["rows"] / b["run_s"] for b in (before, after)]

@@ -1,0 +1,50 @@
+"""The Serve replica: one engine per replica, for the whole run.
+
+One Serve call carries a whole Data batch of requests; the replica fans
+them out as separate engine requests, so a call costs one round trip while
+the engine still batches continuously. A failing row becomes an error
+result; it never fails the call.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from raveval.engines import GenParams, parse_model
+from raveval.serving.openai_route import chat_completions
+from raveval.tasks.request import decode_prompt
+
+
+class ModelReplica:
+    def __init__(self, model_cfg: dict):
+        self.cfg = parse_model(model_cfg)
+        self.engine = self.cfg.build_engine()
+
+    async def run_batch(self, requests: list[dict]) -> list[dict]:
+        return await asyncio.gather(*(self._run_one(r) for r in requests))
+
+    async def _run_one(self, req: dict) -> dict:
+        start = time.perf_counter()
+        out = {"text": None, "logprobs": None, "prompt_tokens": None, "output_tokens": None, "error": None}
+        try:
+            prompt = decode_prompt(req["prompt"], req["chat"])
+            if req["mode"] == "ll":
+                res = await self.engine.loglikelihood(prompt, list(req["continuations"]))
+                out["logprobs"] = [float(x) for x in res.logprobs]
+            else:
+                params = json.loads(req["params"])
+                params["stop"] = tuple(params.get("stop", ()))
+                res = await self.engine.generate(prompt, GenParams(**params))
+                out.update(text=res.text, prompt_tokens=res.prompt_tokens, output_tokens=res.output_tokens)
+        except Exception as e:  # one bad row must not sink the batch
+            out["error"] = f"{type(e).__name__}: {e}"
+        out["latency_s"] = time.perf_counter() - start
+        return out
+
+    async def ping(self) -> bool:
+        return True
+
+    async def __call__(self, request):
+        """The OpenAI-compatible HTTP route (served when the model config sets `http_route`)."""
+        return await chat_completions(self.engine, self.cfg.name, request)
