@@ -5,10 +5,18 @@ The replica fans a call's rows out as concurrent engine requests, so a call
 costs one round trip while the engine still batches continuously. Each row
 is scored here, as it returns: choice accuracy, or the answer extracted from
 the generated text (rows an LLM judge scores later are left unscored).
+
+A call whose replica (or its node) died is sent again, after a short backoff,
+up to MAX_ATTEMPTS calls in all: Serve's handle routes the new call to a live
+replica (or queues it until Serve has restarted one). Only such infrastructure
+failures are retried; a row whose engine call failed comes back from the
+replica as a result with `error` and stays an error row.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 
 import pyarrow as pa
 
@@ -30,6 +38,14 @@ RESULT_SCHEMA = pa.schema([
 ENGINE_FIELDS = ["mode", "chat", "prompt", "continuations", "params"]
 SCORE_FIELDS = ["answer", "judged", "gold", "choices"]
 
+# Serve calls per batch when replicas die under it (the first call included),
+# and the backoff before each new call: BACKOFF_S, doubling, at most BACKOFF_MAX_S.
+MAX_ATTEMPTS = 5
+BACKOFF_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+log = logging.getLogger(__name__)
+
 
 class ModelCaller(Caller):
     """Ray Data caller: one Serve call per batch; takes no CPU (it only waits)."""
@@ -37,25 +53,68 @@ class ModelCaller(Caller):
     inputs = ENGINE_FIELDS + SCORE_FIELDS
     outputs = RESULT_SCHEMA
 
-    def __init__(self, app: str):
+    def __init__(self, app: str, startup_timeout_s: float | None = None):
         from ray import serve
 
         from raveval.serving.deploy import wait_ready
 
         self.handle = serve.get_deployment_handle("model", app)
         self.ready = None  # one readiness wait shared by the calls in flight
-        self._wait_ready = lambda: wait_ready(app)
+        self._wait_ready = lambda: wait_ready(app, startup_timeout_s)
 
     async def process(self, rows: list[dict]) -> list[dict]:
         if self.ready is None:
             self.ready = asyncio.ensure_future(self._wait_ready())
         await self.ready  # a model that cannot start stops the run here, before any row is sent
-        try:
-            results = await self.handle.run_batch.remote([{k: r[k] for k in ENGINE_FIELDS} for r in rows])
-        except Exception as e:  # replica lost: the rows become error rows, a re-run retries them
-            err = f"{type(e).__name__}: {e}"
-            results = [{"error": err} for _ in rows]
+        results = await self.call([{k: r[k] for k in ENGINE_FIELDS} for r in rows])
         return [score(r, res) for r, res in zip(rows, results)]
+
+    async def call(self, requests: list[dict]) -> list[dict]:
+        """One batch's results from the replicas: the call is sent again while
+        the replica serving it dies (at most MAX_ATTEMPTS calls); any other
+        failure, or the last loss, makes every row an error row naming the cause."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return await self.handle.run_batch.remote(requests)
+            except Exception as e:
+                if not replica_lost(e):
+                    return [{"error": describe(e)} for _ in requests]
+                if attempt == MAX_ATTEMPTS:
+                    err = f"replica lost on all {MAX_ATTEMPTS} attempts of this batch; last: {describe(e)}"
+                    return [{"error": err} for _ in requests]
+                delay = backoff_s(attempt)
+                log.warning("model batch of %d rows: replica lost (%s); attempt %d of %d in %.1fs",
+                            len(requests), type(e).__name__, attempt + 1, MAX_ATTEMPTS, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def replica_lost(e: BaseException) -> bool:
+    """Whether a Serve call failed because of the infrastructure (the replica's
+    actor, worker or node died, or is unreachable) rather than the call itself."""
+    from ray import exceptions as rx
+    from ray.serve import exceptions as sx
+
+    lost = (rx.RayActorError, rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError,
+            rx.ObjectLostError, rx.OutOfMemoryError, sx.ReplicaUnavailableError, sx.BackPressureError)
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:  # a RayTaskError may wrap the real cause
+        if isinstance(e, lost):
+            return True
+        seen.add(id(e))
+        e = getattr(e, "cause", None) or e.__cause__
+    return False
+
+
+def describe(e: BaseException, limit: int = 500) -> str:
+    """`Type: message` on one line, cut to `limit` characters (Ray's messages run to many lines)."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds before call `attempt + 1`: exponential with jitter, so callers do not retry in step."""
+    return min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 def score(row: dict, res: dict) -> dict:
@@ -68,5 +127,5 @@ def score(row: dict, res: dict) -> dict:
             "answer_pred": pred, "correct": correct}
 
 
-def model_stage(app: str, settings: StreamConfig) -> Stage:
-    return Stage(f"model:{app}", ModelCaller, {"app": app}, settings)
+def model_stage(app: str, settings: StreamConfig, startup_timeout_s: float | None = None) -> Stage:
+    return Stage(f"model:{app}", ModelCaller, {"app": app, "startup_timeout_s": startup_timeout_s}, settings)
