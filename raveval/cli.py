@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -31,11 +32,31 @@ def cmd_run(ns) -> int:
         print(describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
         return 1 if any(d.error for d in plan.datasets) else 0
 
+    from raveval.results.lock import WorkDirLocked
     from raveval.results.summary import markdown
     from raveval.run.evaluate import run, shutdown
+    from raveval.serving.deploy import ModelStartError
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         result = run(cfg)
+    except WorkDirLocked as e:  # another run holds the work_dir: one line, nothing touched
+        print(f"raveval: {e}", file=sys.stderr)
+        return 1
+    except ModelStartError as e:  # the model could not start: Serve's reason, or what it waited for
+        print(f"raveval: {e}", file=sys.stderr)
+        return 1
+    except (Interrupted, SystemExit) as e:
+        # While ray.init runs, Ray's own SIGTERM handler is in place: it exits with code 15.
+        signum = e.signum if isinstance(e, Interrupted) else e.code
+        if signum not in (signal.SIGINT, signal.SIGTERM):
+            raise
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(cfg.work_dir)}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 128 + signum
     finally:
         shutdown(cfg)
     print()
@@ -53,7 +74,46 @@ def cmd_run(ns) -> int:
     print("results: " + ", ".join(str(f) for f in result.files))
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
-    return 1 if result.failed else 0
+    errors, total = error_rows(result.summary)
+    if errors and errors > cfg.max_error_rate * total:
+        print(f"raveval: {errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g}); "
+              f"they are in {cfg.work_dir}/predictions with the reason, and a re-run retries them", file=sys.stderr)
+        return 1
+    if result.failed:
+        return 1
+    print(f"raveval: {total - errors} of {total} rows scored" + (f", {errors} error rows within max_error_rate "
+                                                                 f"{cfg.max_error_rate:g}" if errors else ""))
+    return 0
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a run (a BaseException, so no handler on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
+def _kept(work_dir: str) -> str:
+    from raveval.results.store import Store
+
+    table = Store(work_dir).read(columns=["key"])
+    return f"{0 if table is None else table.num_rows} finished rows are kept in {work_dir}"
+
+
+def error_rows(summary) -> tuple[int, int]:
+    """(error rows, all rows) over the datasets: each dataset's headline row counts both."""
+    seen, errors, total = set(), 0, 0
+    for r in summary.to_pylist():
+        if r["level"] == "dataset" and r["dataset"] not in seen:
+            seen.add(r["dataset"])
+            errors += r["errors"]
+            total += r["n"] + r["errors"]
+    return errors, total
 
 
 def cmd_list(ns) -> int:

@@ -234,8 +234,9 @@ def test_local_judge_route_with_guided_verdicts(ray_local, tmp_path):
                 logging_config={"enable_access_log": False})
     try:
         cfg = load_config("demo", [f"work_dir={tmp_path}", "model.http_route=/judge", "model.name=tiny-judge"])
-        deploy(cfg.model, 16)
-        asyncio.run(wait_ready("raveval-tiny-judge"))
+        app = deploy(cfg.model, 16, run_id="tiny-judge-test")
+        assert app == "raveval-tiny-judge-test"
+        asyncio.run(wait_ready(app))
         judge = EndpointConfig(base_url=f"http://127.0.0.1:{port}/judge/v1", model="tiny-judge", timeout_s=120,
                                retry={"max_retries": 5, "backoff_s": 0.5})
 

@@ -389,12 +389,9 @@ def test_many_requests_in_flight(vllm_engine):
 def test_serve_run_with_vllm_matches_hf_accuracy(vllm_engine, hf_engine, ray_local, tmp_path):
     """The demo's ll + gen datasets through a real Serve replica hosting vLLM:
     every row scored, ll accuracy and choice scores as with HFEngine."""
-    from ray import serve
-
     from raveval.run import evaluate as pipeline
     from raveval.tasks.scoring import score_row
     from raveval.tasks.request import decode_prompt
-    from raveval.serving.deploy import app_name
     from raveval.results.store import Store
 
     cfg = load_config("demo_vllm", [f"work_dir={tmp_path}", "datasets=[demo_mmlu_ll,demo_gsm8k_gen]",
@@ -402,10 +399,7 @@ def test_serve_run_with_vllm_matches_hf_accuracy(vllm_engine, hf_engine, ray_loc
     if ray_local.available_resources().get("CPU", 0) < cfg.model.num_cpus:
         pytest.fail(f"the test Ray has {ray_local.available_resources().get('CPU', 0)} free CPUs; "
                     f"the vLLM replica needs {cfg.model.num_cpus} (another test left a Serve app up?)")
-    try:
-        result = pipeline.run(cfg, log=lambda *_: None)
-    finally:
-        serve.delete(app_name(cfg.model))  # frees the replica's CPU and its vLLM engine
+    result = pipeline.run(cfg, log=lambda *_: None)  # deletes its Serve app: frees the CPU and the vLLM engine
     assert not result.failed
     rows = Store(cfg.work_dir).read().to_pylist()
     assert len(rows) == len(result.plan.requests) == result.stats["rows"]

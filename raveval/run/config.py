@@ -40,6 +40,11 @@ class RunConfig(Strict):
     judge_stream: StreamConfig = StreamConfig(batch_rows=16)
     # Port of Serve's HTTP proxy on a local Ray, started only when a model has http_route.
     http_port: int = Field(8000, ge=1, le=65535)
+    # How long the model's replicas may take to be placed and to load (a cluster
+    # may be adding nodes meanwhile); then the run stops and names what is missing.
+    startup_timeout_s: float = Field(900.0, gt=0)
+    # Share of rows that may end as error rows (after the in-run retries) with exit status 0.
+    max_error_rate: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _has_datasets(self):

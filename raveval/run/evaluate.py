@@ -7,7 +7,12 @@ work_dir computes only the rows not finished yet.
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import re
+import secrets
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +21,12 @@ import pyarrow as pa
 
 from raveval.config.compose import save_config
 from raveval.http.limiter import ensure_shared_limiter
+from raveval.results.lock import WorkDirLock
 from raveval.results.store import JUDGEMENTS, Store
 from raveval.results.summary import markdown, summarize
 from raveval.run.config import RunConfig
 from raveval.run.plan import Plan, describe, make_plan
-from raveval.serving.deploy import app_name, deploy, watch_ready
+from raveval.serving.deploy import ModelStartError, app_name, deploy, watch_ready
 from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
 from raveval.stream.model_stage import model_stage
@@ -41,31 +47,41 @@ def start_ray(cfg: RunConfig) -> None:
     init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
 
 
-def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print) -> dict:
+def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str) -> dict:
     """Run the request rows through the model's deployment and write each finished batch."""
     t0 = time.perf_counter()
     start_ray(cfg)
     check_resources(cfg.model, local=cfg.ray_address == "local")
     ms = cfg.model_stream
-    deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2)
-    app = app_name(cfg.model)
+    app = deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id)
     log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
-    ready = watch_ready(app)
+    need = f"{cfg.model.replicas} x ({cfg.model.resources().describe()})"
+    ready = watch_ready(app, log, cfg.startup_timeout_s, need)
+    # Calls in flight scale with the replicas: `callers` callers per replica keep each one busy.
+    per_replica = ms.model_copy(update={"callers": ms.callers * cfg.model.replicas})
     first_row = None
     written = 0
-    for batch in model_stage(app, ms).run(to_table(requests)):
-        if first_row is None:
-            first_row = time.perf_counter()
-        store.write_part(batch)
-        written += batch.num_rows
+    try:
+        for batch in model_stage(app, per_replica, cfg.startup_timeout_s).run(to_table(requests)):
+            if first_row is None:
+                first_row = time.perf_counter()
+            store.write_part(batch)
+            written += batch.num_rows
+    except BaseException:
+        ready.stop = True  # before Ray goes: the watcher would start it again
+        ready.join(timeout=5)
+        if ready.error:  # the stream failed because the model could not start: say why, once
+            raise ModelStartError(f"model {cfg.model.name}: {ready.error}") from None
+        raise
     t_end = time.perf_counter()
     ready.join(timeout=5)  # rows came back, so the app was serving
+    ready.stop = True
     t_ready = ready.at or t_end
     return {"rows": written, "ready_s": t_ready - t0, "first_batch_s": (first_row or t_end) - t0,
             "wall_s": t_end - t0, "rows_per_s": written / max(t_end - t_ready, 1e-9)}
 
 
-def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
+def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: str) -> dict:
     """Multi-turn datasets (MT-Bench): turn k asks the chat of turns 1..k-1 with
     the model's own answers, so each turn is a model pass after the one before."""
     judged = [d for d in plan.datasets if d.cfg.judge is not None and not d.error]
@@ -82,7 +98,7 @@ def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
         todo = [r for r in new if r.key not in finished]
         log(f"turn {turn}: {len(new)} rows, {len(todo)} to run")
         if todo:
-            s = model_pass(cfg, todo, store, log)
+            s = model_pass(cfg, todo, store, log, run_id=run_id)
             stats["rows_turn"] = stats.get("rows_turn", 0) + s["rows"]
     return stats
 
@@ -129,21 +145,87 @@ def _predictions(store: Store) -> dict[str, dict]:
     return {} if table is None else {r["key"]: r for r in table.to_pylist()}
 
 
+def new_run_id(model_name: str) -> str:
+    """`<model name>-<yyyymmdd-hhmmss>-<4 hex>`: readable, sorts by start time, unique."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") or "model"
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status
+
+# Serve apps this process created and has not deleted yet: app -> run id (`shutdown` deletes them).
+_created_apps: dict[str, str] = {}
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _write_run_file(work: Path, record: dict) -> None:
+    tmp = work / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, work / RUN_FILE)
+
+
+def _delete_app(app: str, wait: bool) -> None:
+    """Delete one Serve app of this process if it is up (waiting until its replicas are gone when `wait`)."""
+    _created_apps.pop(app, None)
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray import serve
+
+    if app in serve.status().applications:  # empty when no Serve runs on this Ray
+        serve.delete(app, _blocking=wait)
+
+
 def run(cfg: RunConfig, log=print) -> RunResult:
-    """The whole evaluation: plan, stream what is not finished yet, judge, summarize."""
+    """The whole evaluation: plan, stream what is not finished yet, judge, summarize.
+    Holds the work_dir's lock throughout (`WorkDirLocked` if another run holds it);
+    the run's Serve app is named after its run id and deleted when the run ends."""
+    run_id = new_run_id(cfg.model.name)
     work = Path(cfg.work_dir)
+    with WorkDirLock(work, run_id, log=log):
+        app = app_name(cfg.model, run_id)
+        log(f"run {run_id}: work_dir {work}, Serve app {app}")
+        record = {"run_id": run_id, "model": cfg.model.name, "host": socket.gethostname(), "pid": os.getpid(),
+                  "ray_address": cfg.ray_address, "serve_app": app, "started": _now(), "status": "running"}
+        _write_run_file(work, record)
+        _created_apps[app] = run_id
+        ok, status = False, "interrupted"  # unless it finishes, or fails with an error
+        try:
+            result = _evaluate(cfg, work, run_id, log)
+            ok, status = True, "finished"
+        except Exception:
+            status = "failed"
+            raise
+        finally:
+            _write_run_file(work, {**record, "finished": _now(), "status": status})
+            # A finished run's replicas are idle: wait until they are gone. On an
+            # error or an interrupt only ask Serve to delete them, so the run ends now.
+            try:
+                _delete_app(app, wait=ok)
+            except Exception as e:
+                if ok:
+                    raise
+                log(f"raveval: could not delete Serve app {app}: {type(e).__name__}: {e}")
+    return result
+
+
+def _evaluate(cfg: RunConfig, work: Path, run_id: str, log) -> RunResult:
     save_config(cfg, work)
     store = Store(work)
     plan = make_plan(cfg)
     finished = store.finished_keys() if cfg.resume else set()
     todo = [r for r in plan.requests if r.key not in finished]
     log(describe(plan, finished))
-    stats = {"rows": 0, "reused": len(plan.requests) - len(todo)}
+    stats = {"run_id": run_id, "rows": 0, "reused": len(plan.requests) - len(todo)}
     if todo:
-        stats.update(model_pass(cfg, todo, store, log))
+        stats.update(model_pass(cfg, todo, store, log, run_id=run_id))
     judgements = None
     if any(d.cfg.judge is not None and not d.error for d in plan.datasets):
-        stats.update(later_turns(cfg, plan, store, log))
+        stats.update(later_turns(cfg, plan, store, log, run_id=run_id))
         stats.update(judge_pass(cfg, plan, store, log))
         judgements = Store(work, JUDGEMENTS).read()
     summary, failed = summarize(plan, store.read(), judgements)
@@ -152,14 +234,16 @@ def run(cfg: RunConfig, log=print) -> RunResult:
 
 
 def shutdown(cfg: RunConfig) -> None:
-    """Stop what this run started: the local Ray, or only our app on a shared cluster."""
+    """Stop what this run started: the local Ray, or on a shared cluster only the
+    Serve apps this process created (never another run's)."""
     import ray
 
     if not ray.is_initialized():
+        _created_apps.clear()
         return
     if cfg.ray_address == "local":
+        _created_apps.clear()
         ray.shutdown()
     else:
-        from ray import serve
-
-        serve.delete(app_name(cfg.model))
+        for app in list(_created_apps):
+            _delete_app(app, wait=True)

@@ -1,4 +1,4 @@
-"""Deploying the model: one Serve app per model, each replica asking Ray for
+"""Deploying the model: one Serve app per run, each replica asking Ray for
 exactly the resources its engine uses; waiting (bounded by Serve's own status)
 for the app to run."""
 from __future__ import annotations
@@ -32,23 +32,28 @@ def deployment_options(cfg: ModelConfig, max_ongoing: int) -> dict:
     return opts
 
 
-def app_name(cfg: ModelConfig) -> str:
-    return f"raveval-{cfg.name}"
+def app_name(cfg: ModelConfig, run_id: str) -> str:
+    """The Serve app of a run's model: `raveval-<run id>` (the run id starts with
+    the model's name), so runs of the same model on one cluster never share
+    replicas, and a run deletes only its own app. The one place that names apps:
+    a long-lived shared deployment would get its name here."""
+    return f"raveval-{run_id}"
 
 
-def deploy(cfg: ModelConfig, max_ongoing: int) -> None:
-    """Start (or update) the model's Serve app without waiting for its replicas:
-    the Data callers start meanwhile and wait for the app in `wait_ready`."""
+def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str) -> str:
+    """Start (or update) the run's Serve app for the model without waiting for its
+    replicas (the Data callers start meanwhile and wait for the app in
+    `wait_ready`); returns the app's name."""
     opts = deployment_options(cfg, max_ongoing)
-    # Deploying the same model again from this driver (a second stream of the
-    # same run, e.g. MT-Bench's turn 2) keeps the running replicas: Serve
-    # would otherwise start new ones and load the model again.
-    app = app_name(cfg)
+    # Deploying the same model again in the same run (a second stream, e.g.
+    # MT-Bench's turn 2) keeps the running replicas: Serve would otherwise
+    # start new ones and load the model again.
+    app = app_name(cfg, run_id)
     fingerprint = hashlib.sha256(json.dumps([cfg.model_dump(), opts], sort_keys=True, default=str).encode()).hexdigest()
     if _deployed.get(app) == fingerprint:
         st = serve.status().applications.get(app)
         if st is not None and st.status in ("RUNNING", "DEPLOYING"):
-            return
+            return app
     dep = serve.deployment(ModelReplica).options(**opts)
     # An HTTP route only when asked for (the OpenAI-compatible route, e.g. for a local judge).
     # Only the keys the user set: the replica validates them again, and checks of
@@ -56,6 +61,7 @@ def deploy(cfg: ModelConfig, max_ongoing: int) -> None:
     target = serve.RunTarget(dep.bind(cfg.model_dump(exclude_unset=True)), name=app, route_prefix=cfg.http_route)
     serve.run_many([target], wait_for_applications_running=False)
     _deployed[app] = fingerprint
+    return app
 
 
 _deployed: dict[str, str] = {}  # app -> config fingerprint of what this driver deployed
@@ -65,30 +71,68 @@ class ModelStartError(RuntimeError):
     pass
 
 
-async def wait_ready(app: str, poll_s: float = 0.2) -> None:
+async def wait_ready(app: str, timeout_s: float | None = None, poll_s: float = 0.2) -> None:
     """Return once the app runs; raise with Serve's reason if it failed to deploy
-    (requests sent to a failed app would wait forever)."""
+    (requests sent to a failed app would wait forever), or if it is not running
+    after `timeout_s` (its replicas could not be placed or did not start)."""
+    start = time.monotonic()
     while True:
         st = (await asyncio.to_thread(serve.status)).applications.get(app)
         if st is not None and st.status == "RUNNING":
             return
         if st is not None and st.status == "DEPLOY_FAILED":
             raise ModelStartError(f"Serve app {app} failed to start: {st.message}")
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise ModelStartError(f"Serve app {app} is not running after {timeout_s:g}s (startup_timeout_s): "
+                                  f"{waiting_for(st)}")
         await asyncio.sleep(poll_s)
 
 
-def watch_ready(app: str) -> threading.Thread:
+def waiting_for(st) -> str:
+    """What an app that is not running yet waits for, in Serve's words (its
+    replicas' required resources against what the cluster has)."""
+    if st is None:
+        return "the app was never created"
+    said = [d.message for d in st.deployments.values() if d.message] + ([st.message] if st.message else [])
+    return " ".join(said) or f"app {getattr(st.status, 'value', st.status)}"
+
+
+def watch_ready(app: str, log=print, timeout_s: float | None = None, need: str = "", every_s: float = 30.0,
+                poll_s: float = 0.2) -> threading.Thread:
     """A thread that notes when the app starts serving (`.at`), for the start-up
-    figure; nothing waits on it (the callers wait for the app themselves)."""
+    figure, and says every `every_s` what it is still waiting for. When the app
+    failed, or is not running after `timeout_s`, `.error` says why (the callers
+    stop the stream then; the driver reports this). Set `.stop` to end it (it
+    also ends once Ray is shut down)."""
+    import ray
+
+    def why(st) -> str:
+        have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU") or "accelerator" in k}
+        return f"{waiting_for(st)}; replicas need {need}; the cluster has {have}"
 
     def watch():
-        try:
-            asyncio.run(wait_ready(app))
-            t.at = time.perf_counter()
-        except ModelStartError:
-            pass  # the callers report it
+        start = last = time.monotonic()
+        while not t.stop and ray.is_initialized():
+            try:
+                st = serve.status().applications.get(app)
+                if st is not None and st.status == "RUNNING":
+                    t.at = time.perf_counter()
+                    return
+                if st is not None and st.status == "DEPLOY_FAILED":
+                    t.error = f"Serve app {app} failed to start: {st.message}"
+                    return
+                waited = time.monotonic() - start
+                if timeout_s is not None and waited > timeout_s:
+                    t.error = f"Serve app {app} is not running after {timeout_s:g}s (startup_timeout_s): {why(st)}"
+                    return
+                if time.monotonic() - last >= every_s:
+                    log(f"waiting {waited:.0f}s for the model replicas ({app}): {why(st)}")
+                    last = time.monotonic()
+            except Exception:  # Ray going down under us: nothing left to watch
+                return
+            time.sleep(poll_s)
 
     t = threading.Thread(target=watch, daemon=True)
-    t.at = None
+    t.at, t.error, t.stop = None, None, False
     t.start()
     return t

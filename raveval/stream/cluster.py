@@ -2,6 +2,12 @@
 that the model's replicas can be placed before anything waits on them."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
+from raveval.serving.deploy import ModelStartError
+
 
 def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = None) -> None:
     """Start (or join) Ray and Serve. Serve's HTTP proxy runs only when asked
@@ -9,17 +15,27 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        return
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir)
-        if http_port:
-            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port},
-                        logging_config={"enable_access_log": False})
+    if not ray.is_initialized():
+        # Ray's own handlers replace the caller's (its C++ one dumps core on SIGTERM, its
+        # Python one exits with 15): keep the caller's, and no core dump meanwhile.
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        if address == "local":
+            ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir)
         else:
-            serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+            ray.init(address=address)
+        if threading.current_thread() is threading.main_thread():
+            for s, h in handlers.items():
+                if h is not None:
+                    signal.signal(s, h)
+    # Serve joins the instance already running, if any. No HTTP proxy unless a model
+    # serves a route (on a cluster it would start one on every node).
+    if http_port:
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1" if address == "local" else "0.0.0.0",
+                                                            "port": http_port},
+                    logging_config={"enable_access_log": False})
     else:
-        ray.init(address=address)
+        serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
 
 
 def check_resources(model, local: bool) -> None:
@@ -33,5 +49,5 @@ def check_resources(model, local: bool) -> None:
     for res, per in (("GPU", r.total_gpus), ("CPU", r.num_cpus)):
         need = per * model.replicas
         if need > have.get(res, 0):
-            raise RuntimeError(f"model {model.name}: {model.replicas} replica(s) x {res.lower()}s={per} need {need} {res}, "
-                               f"this machine's Ray has {have.get(res, 0)}")
+            raise ModelStartError(f"model {model.name}: {model.replicas} replica(s) x {res.lower()}s={per} need "
+                                  f"{need} {res}, this machine's Ray has {have.get(res, 0)}")

@@ -81,7 +81,10 @@ class Stage:
         n_blocks = max(1, min(math.ceil(n / s.batch_rows), 2000))
         step = math.ceil(n / n_blocks)
         blocks = [table.slice(i, step) for i in range(0, n, step)]
-        ds = ray.data.from_arrow(blocks).map_batches(
+        # from_blocks takes the blocks' metadata here, in the driver: from_arrow would
+        # run a task per block that needs a CPU, which replicas holding every CPU
+        # never free (the stream then hangs before its first row).
+        ds = ray.data.from_blocks(blocks).map_batches(
             self.caller,
             fn_constructor_kwargs=self.caller_args,
             batch_size=s.batch_rows,
@@ -89,6 +92,7 @@ class Stage:
             num_cpus=0,
             compute=ActorPoolStrategy(size=pool_size(n, s), max_concurrent_calls_per_actor=s.calls_per_caller),
         )
+        ds.set_name(self.name)  # what the dashboard shows for this stream
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             self.check_output(batch)
             yield batch
