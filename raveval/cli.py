@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -47,16 +48,22 @@ def cmd_run(ns) -> int:
     except ModelStartError as e:  # the model could not start: Serve's reason, or what it waited for
         print(f"raveval: {e}", file=sys.stderr)
         return 1
-    except (Interrupted, SystemExit) as e:
-        # While ray.init runs, Ray's own SIGTERM handler is in place: it exits with code 15.
-        signum = e.signum if isinstance(e, Interrupted) else e.code
-        if signum not in (signal.SIGINT, signal.SIGTERM):
+    except BaseException as e:
+        signum = _signal_of(e)
+        if signum is None:
             raise
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(cfg.work_dir)}; "
               f"run the same command again to resume", file=sys.stderr)
-        return 128 + signum
+        try:
+            shutdown(cfg)
+        finally:
+            # Exit now: an interrupted Ray's exit hooks can still crash the interpreter's
+            # teardown, and the status must say "interrupted", not "segfault".
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
     finally:
         shutdown(cfg)
     print()
@@ -96,6 +103,21 @@ class Interrupted(BaseException):
 
 def _interrupt(signum, frame):
     raise Interrupted(signum)
+
+
+def _signal_of(e: BaseException) -> int | None:
+    """The signal that ended the run, if one did: our Interrupted (raised inside
+    Ray's C code it arrives as the cause of a SystemError), or the exit code 15 of
+    Ray's own SIGTERM handler, which is in place while ray.init runs."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Interrupted):
+            return e.signum
+        if isinstance(e, SystemExit) and e.code == signal.SIGTERM:
+            return signal.SIGTERM
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _kept(work_dir: str) -> str:

@@ -61,13 +61,15 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     per_replica = ms.model_copy(update={"callers": ms.callers * cfg.model.replicas})
     first_row = None
     written = 0
+    batches = model_stage(app, per_replica, cfg.startup_timeout_s).run(to_table(requests))
     try:
-        for batch in model_stage(app, per_replica, cfg.startup_timeout_s).run(to_table(requests)):
+        for batch in batches:
             if first_row is None:
                 first_row = time.perf_counter()
             store.write_part(batch)
             written += batch.num_rows
     except BaseException:
+        batches.close()  # stops the stream's executor before anything shuts Ray down
         ready.stop = True  # before Ray goes: the watcher would start it again
         ready.join(timeout=5)
         if ready.error:  # the stream failed because the model could not start: say why, once
@@ -203,9 +205,11 @@ def run(cfg: RunConfig, log=print) -> RunResult:
         finally:
             _write_run_file(work, {**record, "finished": _now(), "status": status})
             # A finished run's replicas are idle: wait until they are gone. On an
-            # error or an interrupt only ask Serve to delete them, so the run ends now.
+            # error only ask Serve to delete them, so the run ends now; on an
+            # interrupt of a local run, Ray itself goes next.
             try:
-                _delete_app(app, wait=ok)
+                if status != "interrupted" or cfg.ray_address != "local":
+                    _delete_app(app, wait=ok)
             except Exception as e:
                 if ok:
                     raise

@@ -96,8 +96,12 @@ def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], store
     callers = pool_size(len(requests), settings)
     stage = Stage("judge", JudgeCaller, {"endpoints": endpoints, "callers": callers}, settings)
     written = errors = 0
-    for batch in stage.run(to_table(requests)):
-        store.write_part(batch)
-        written += batch.num_rows
-        errors += batch.num_rows - batch.column("error").null_count
+    batches = stage.run(to_table(requests))
+    try:
+        for batch in batches:
+            store.write_part(batch)
+            written += batch.num_rows
+            errors += batch.num_rows - batch.column("error").null_count
+    finally:
+        batches.close()  # an early stop (error, signal) ends the stream's executor now
     return {"judged": written, "judge_errors": errors, "judge_wall_s": time.perf_counter() - t0}

@@ -93,6 +93,14 @@ class Stage:
             compute=ActorPoolStrategy(size=pool_size(n, s), max_concurrent_calls_per_actor=s.calls_per_caller),
         )
         ds.set_name(self.name)  # what the dashboard shows for this stream
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            self.check_output(batch)
-            yield batch
+        batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        try:
+            for batch in batches:
+                self.check_output(batch)
+                yield batch
+        finally:
+            # Stop Ray Data's executor now, also when the consumer stops early
+            # (an error, a signal): its threads must not outlive Ray's shutdown.
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
