@@ -26,7 +26,8 @@ from raveval.results.store import JUDGEMENTS, Store
 from raveval.results.summary import markdown, summarize
 from raveval.run.config import RunConfig
 from raveval.run.plan import Plan, describe, make_plan
-from raveval.serving.deploy import ModelStartError, app_name, deploy, watch_ready
+from raveval.serving.deploy import (ModelStartError, app_name, delete as delete_app, delete_deployed, deploy,
+                                    forget_deployed, watch_ready)
 from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
 from raveval.stream.model_stage import model_stage
@@ -155,10 +156,6 @@ def new_run_id(model_name: str) -> str:
 
 RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status
 
-# Serve apps this process created and has not deleted yet: app -> run id (`shutdown` deletes them).
-_created_apps: dict[str, str] = {}
-
-
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -167,19 +164,6 @@ def _write_run_file(work: Path, record: dict) -> None:
     tmp = work / f".{RUN_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, work / RUN_FILE)
-
-
-def _delete_app(app: str, wait: bool) -> None:
-    """Delete one Serve app of this process if it is up (waiting until its replicas are gone when `wait`)."""
-    _created_apps.pop(app, None)
-    import ray
-
-    if not ray.is_initialized():
-        return
-    from ray import serve
-
-    if app in serve.status().applications:  # empty when no Serve runs on this Ray
-        serve.delete(app, _blocking=wait)
 
 
 def run(cfg: RunConfig, log=print) -> RunResult:
@@ -194,7 +178,6 @@ def run(cfg: RunConfig, log=print) -> RunResult:
         record = {"run_id": run_id, "model": cfg.model.name, "host": socket.gethostname(), "pid": os.getpid(),
                   "ray_address": cfg.ray_address, "serve_app": app, "started": _now(), "status": "running"}
         _write_run_file(work, record)
-        _created_apps[app] = run_id
         ok, status = False, "interrupted"  # unless it finishes, or fails with an error
         try:
             result = _evaluate(cfg, work, run_id, log)
@@ -209,7 +192,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
             # interrupt of a local run, Ray itself goes next.
             try:
                 if status != "interrupted" or cfg.ray_address != "local":
-                    _delete_app(app, wait=ok)
+                    delete_app(app, wait=ok)
             except Exception as e:
                 if ok:
                     raise
@@ -243,11 +226,9 @@ def shutdown(cfg: RunConfig) -> None:
     import ray
 
     if not ray.is_initialized():
-        _created_apps.clear()
-        return
-    if cfg.ray_address == "local":
-        _created_apps.clear()
+        forget_deployed()
+    elif cfg.ray_address == "local":
+        forget_deployed()
         ray.shutdown()
     else:
-        for app in list(_created_apps):
-            _delete_app(app, wait=True)
+        delete_deployed(wait=True)

@@ -64,7 +64,27 @@ def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str) -> str:
     return app
 
 
-_deployed: dict[str, str] = {}  # app -> config fingerprint of what this driver deployed
+_deployed: dict[str, str] = {}  # app -> config fingerprint of what this driver deployed and has not deleted
+
+
+def delete(app: str, wait: bool) -> None:
+    """Delete a Serve app of this driver if it is up (waiting until its replicas are gone when `wait`)."""
+    import ray
+
+    _deployed.pop(app, None)
+    if ray.is_initialized() and app in serve.status().applications:  # empty when no Serve runs here
+        serve.delete(app, _blocking=wait)
+
+
+def delete_deployed(wait: bool = True) -> None:
+    """Delete every app this driver deployed (never another driver's)."""
+    for app in list(_deployed):
+        delete(app, wait)
+
+
+def forget_deployed() -> None:
+    """Ray itself is going: nothing this driver deployed will be left."""
+    _deployed.clear()
 
 
 class ModelStartError(RuntimeError):
