@@ -5,7 +5,6 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
@@ -25,14 +24,28 @@ def cmd_run(ns) -> int:
     except ConfigError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 2
-    if ns.dry_run:  # no Ray: the plan only
-        from raveval.results.store import Store
-        from raveval.run.plan import describe, make_plan
+    from raveval.results.workdir import WorkDir, WorkDirError
 
-        plan = make_plan(cfg)
-        print(describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
-        return 1 if any(d.error for d in plan.datasets) else 0
+    try:
+        work = WorkDir(cfg.work_dir)
+        if ns.dry_run:  # no Ray: the plan only
+            return _dry_run(cfg, work)
+        return _run(cfg, work, ns)
+    except WorkDirError as e:  # storage unreachable, no such bucket, no permission: one line
+        print(f"raveval: {e}", file=sys.stderr)
+        return 1
 
+
+def _dry_run(cfg, work) -> int:
+    from raveval.results.store import Store
+    from raveval.run.plan import describe, make_plan
+
+    plan = make_plan(cfg)
+    print(describe(plan, Store(work).finished_keys() if cfg.resume else set()))
+    return 1 if any(d.error for d in plan.datasets) else 0
+
+
+def _run(cfg, work, ns) -> int:
     from raveval.results.lock import WorkDirLocked
     from raveval.results.summary import markdown
     from raveval.run.evaluate import run, shutdown
@@ -54,7 +67,7 @@ def cmd_run(ns) -> int:
             raise
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(cfg.work_dir)}; "
+        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(work)}; "
               f"run the same command again to resume", file=sys.stderr)
         try:
             shutdown(cfg)
@@ -71,20 +84,20 @@ def cmd_run(ns) -> int:
     s = result.stats
     if s.get("rows"):
         print(f"{s['rows']} rows in {s['wall_s']:.1f}s: model serving after {s['ready_s']:.1f}s, first batch after "
-              f"{s['first_batch_s']:.1f}s, then {s['rows_per_s']:.1f} rows/s; {s['reused']} rows reused from {cfg.work_dir}")
+              f"{s['first_batch_s']:.1f}s, then {s['rows_per_s']:.1f} rows/s; {s['reused']} rows reused from {work}")
     else:
-        print(f"all {s['reused']} rows reused from {cfg.work_dir}")
+        print(f"all {s['reused']} rows reused from {work}")
     if "judged" in s:
         later = f", {s['rows_turn']} later-turn rows generated" if s.get("rows_turn") else ""
         print(f"judge stage: {s['judged']} judgements asked, {s['judge_errors']} error rows{later}; "
-              f"judgements in {cfg.work_dir}/judgements")
+              f"judgements in {work}/judgements")
     print("results: " + ", ".join(str(f) for f in result.files))
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
     errors, total = error_rows(result.summary)
     if errors and errors > cfg.max_error_rate * total:
         print(f"raveval: {errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g}); "
-              f"they are in {cfg.work_dir}/predictions with the reason, and a re-run retries them", file=sys.stderr)
+              f"they are in {work}/predictions with the reason, and a re-run retries them", file=sys.stderr)
         return 1
     if result.failed:
         return 1
@@ -120,11 +133,14 @@ def _signal_of(e: BaseException) -> int | None:
     return None
 
 
-def _kept(work_dir: str) -> str:
+def _kept(work) -> str:
     from raveval.results.store import Store
 
-    table = Store(work_dir).read(columns=["key"])
-    return f"{0 if table is None else table.num_rows} finished rows are kept in {work_dir}"
+    try:
+        table = Store(work).read(columns=["key"])
+    except Exception as e:  # the interrupt may have cut a read or write short
+        return f"the finished rows are kept in {work} (not counted: {type(e).__name__})"
+    return f"{0 if table is None else table.num_rows} finished rows are kept in {work}"
 
 
 def error_rows(summary) -> tuple[int, int]:
@@ -150,11 +166,18 @@ def cmd_list(ns) -> int:
 
 
 def cmd_report(ns) -> int:
-    path = Path(ns.work_dir) / "summary.md"
-    if not path.is_file():
-        print(f"raveval: no summary at {path}", file=sys.stderr)
+    from raveval.results.workdir import WorkDir, WorkDirError
+
+    try:
+        work = WorkDir(ns.work_dir)
+        text = work.read_bytes("summary.md")
+    except WorkDirError as e:
+        print(f"raveval: {e}", file=sys.stderr)
         return 1
-    print(path.read_text(), end="")
+    if text is None:
+        print(f"raveval: no summary at {work}/summary.md", file=sys.stderr)
+        return 1
+    print(text.decode(), end="")
     return 0
 
 

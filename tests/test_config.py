@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import yaml
 
-from raveval.config.compose import PACKAGE_ROOT, ConfigError, list_configs, redact, save_config
+from raveval.config.compose import PACKAGE_ROOT, ConfigError, list_configs, config_yaml, redact
 
 from raveval.run.config import load_config
 
@@ -106,8 +106,7 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_saved_config_has_secrets_redacted(tmp_path):
     cfg = load_config("demo", ["model.engine_args={api_key: sk-123, hf_token: abc, revision: main}"])
-    path = save_config(cfg, tmp_path)
-    text = path.read_text()
+    text = config_yaml(cfg)
     assert "sk-123" not in text and "abc" not in text
     saved = yaml.safe_load(text)
     assert saved["model"]["engine_args"] == {"api_key": "***", "hf_token": "***", "revision": "main"}

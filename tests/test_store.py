@@ -40,6 +40,6 @@ def test_summary_files(tmp_path):
     s = Store(tmp_path)
     summary = pa.table({"model": ["m"], "dataset": ["d"], "metric": ["accuracy"], "value": [0.5], "n": [2], "errors": [0]})
     paths = s.write_summary(summary, "| table |\n")
-    assert [p.name for p in paths] == ["summary.parquet", "summary.csv", "summary.md"]
+    assert paths == [str(tmp_path / n) for n in ("summary.parquet", "summary.csv", "summary.md")]
     assert pq.read_table(paths[0]).equals(summary)
-    assert paths[1].read_text().splitlines()[0] == '"model","dataset","metric","value","n","errors"'
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0] == '"model","dataset","metric","value","n","errors"'

@@ -197,12 +197,9 @@ def redact(node):
     return node
 
 
-def save_config(cfg: BaseModel, work_dir: Path) -> Path:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / "config.yaml"
-    data = redact(json.loads(cfg.model_dump_json()))
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return path
+def config_yaml(cfg: BaseModel) -> str:
+    """The config as saved beside the results: YAML with secrets redacted."""
+    return yaml.safe_dump(redact(json.loads(cfg.model_dump_json())), sort_keys=False, allow_unicode=True)
 
 
 def list_configs(words: str | list[str]) -> dict[str, list[str]]:

@@ -1,9 +1,13 @@
 """The work_dir lock: one run at a time writes into a work_dir.
 
 A run creates `work_dir/run.lock` naming itself (run id, host, pid, start
-time). The file appears complete or not at all (written under a temporary
-name, then hard-linked to its place, which fails if a lock is already there),
-so a second run either gets the lock or reads who holds it. A lock whose
+time). On a local or mounted disk the file appears complete or not at all
+(written under a temporary name, then hard-linked to its place, which fails
+if a lock is already there), so a second run either gets the lock or reads
+who holds it. Object stores offer no create-if-absent through pyarrow: there
+a run writes its lock only where none is, reads it back a moment later, and
+goes on only if it still names this run (of two runs starting in the same
+instant the last writer wins, the other stops). A lock whose
 holder is gone (same host, that process no longer running) is taken over;
 a lock held from another host is never taken over, since its process cannot
 be checked from here. The lock is removed when the run ends, also on error.
@@ -18,15 +22,18 @@ import socket
 import time
 from pathlib import Path
 
+from raveval.results.workdir import WorkDir
+
 LOCK_FILE = "run.lock"
+SETTLE_S = 1.0  # object stores: how long a new lock must stand before it counts as ours
 
 
 class WorkDirLocked(RuntimeError):
     """Another run holds the work_dir (or its lock file cannot be read)."""
 
-    def __init__(self, work_dir: Path, holder: dict | None, detail: str = ""):
+    def __init__(self, work_dir: WorkDir, holder: dict | None, detail: str = ""):
         self.work_dir, self.holder = work_dir, holder
-        lock = Path(work_dir) / LOCK_FILE
+        lock = f"{work_dir}/{LOCK_FILE}"
         if holder is None:
             msg = (f"work_dir {work_dir} is locked and its lock file {lock} cannot be read ({detail}); "
                    f"delete that file if no run uses this work_dir")
@@ -46,9 +53,8 @@ class WorkDirLock:
     """`with WorkDirLock(work_dir, run_id, log):` holds the work_dir for the block;
     raises `WorkDirLocked` at once if another live run holds it."""
 
-    def __init__(self, work_dir: str | Path, run_id: str, log=print):
-        self.work_dir = Path(work_dir)
-        self.path = self.work_dir / LOCK_FILE
+    def __init__(self, work_dir: str | Path | WorkDir, run_id: str, log=print):
+        self.work_dir = work_dir if isinstance(work_dir, WorkDir) else WorkDir(work_dir)
         self.run_id = run_id
         self.log = log
         self.held = False
@@ -61,7 +67,7 @@ class WorkDirLock:
         self.release()
 
     def acquire(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.makedirs()
         me = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
               "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "proc_start": _proc_stat(os.getpid())[1]}
@@ -80,25 +86,21 @@ class WorkDirLock:
         raise WorkDirLocked(self.work_dir, self._read() or {"run_id": "(changing hands)"})
 
     def _take_over(self, holder: dict, me: dict) -> bool:
-        """Replace a dead holder's lock by ours: one process at a time (a flock on the
-        folder; only this host takes over its own dead runs' locks), and only while the
-        file still names the dead holder we saw."""
-        fd = os.open(self.work_dir, os.O_RDONLY)
+        """Replace a dead holder's lock by ours, only while the file still names the
+        dead holder we saw. On a local disk one process at a time does this (a flock
+        on the folder; only this host takes over its own dead runs' locks)."""
+        folder = self.work_dir.local_path()
+        fd = os.open(folder, os.O_RDONLY) if folder else None
         try:
-            for _ in range(100):  # another process holds it for a read, an unlink and a create
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(0.05)
-            else:
+            if fd is not None and not _flock(fd):
                 return False
             if self._read_or_none() != holder:
                 return False  # someone else took it over first: look again
-            os.unlink(self.path)
+            self.work_dir.delete(LOCK_FILE)
             return self._create(me)
         finally:
-            os.close(fd)  # releases the flock
+            if fd is not None:
+                os.close(fd)  # releases the flock
 
     def release(self) -> None:
         """Remove the lock if it is still ours (idempotent)."""
@@ -107,27 +109,38 @@ class WorkDirLock:
         self.held = False
         holder = self._read_or_none()
         if holder and holder.get("run_id") == self.run_id and holder.get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
+            self.work_dir.delete(LOCK_FILE)
 
     def _create(self, me: dict) -> bool:
-        tmp = self.work_dir / f".{LOCK_FILE}.{me['run_id']}.{me['pid']}.tmp"
-        tmp.write_text(json.dumps(me) + "\n")
-        try:
-            os.link(tmp, self.path)  # atomic, and fails if a lock is there (also on NFS)
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+        data = (json.dumps(me) + "\n").encode()
+        folder = self.work_dir.local_path()
+        if folder:
+            tmp = os.path.join(folder, f".{LOCK_FILE}.{me['run_id']}.{me['pid']}.tmp")
+            Path(tmp).write_bytes(data)
+            try:
+                os.link(tmp, os.path.join(folder, LOCK_FILE))  # atomic, and fails if a lock is there (also on NFS)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        else:
+            if self.work_dir.exists(LOCK_FILE):
+                return False
+            self.work_dir.write_bytes(data, LOCK_FILE)
+            time.sleep(SETTLE_S)  # a run that wrote at the same instant has overwritten ours by now
+            if self._read_or_none() != me:
+                return False
         self.held = True
         return True
 
     def _read(self) -> dict | None:
         """The holder named in the lock file; None if there is no lock file (any more)."""
-        try:
-            holder = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        data = self.work_dir.read_bytes(LOCK_FILE)
+        if data is None:
             return None
-        except (OSError, ValueError) as e:
+        try:
+            holder = json.loads(data)
+        except ValueError as e:
             raise WorkDirLocked(self.work_dir, None, f"{type(e).__name__}: {e}") from None
         if not isinstance(holder, dict):
             raise WorkDirLocked(self.work_dir, None, "not a JSON object")
@@ -135,9 +148,21 @@ class WorkDirLock:
 
     def _read_or_none(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            return self._read()
+        except WorkDirLocked:
             return None
+
+
+def _flock(fd: int) -> bool:
+    """Take an exclusive flock, waiting up to 5 s (another process holds it only
+    for a read, a delete and a create)."""
+    for _ in range(100):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.05)
+    return False
 
 
 def _is_stale(holder: dict) -> bool:

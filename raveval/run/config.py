@@ -4,11 +4,16 @@ and validates it against `RunConfig`; errors name the key and its file.
 """
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import os
+
+from pydantic import Field, field_validator, model_validator
 
 from raveval.config.compose import compose, validate
 from raveval.config.schema import DatasetConfig, EndpointConfig, StreamConfig, Strict
 from raveval.engines.registry import AnyModelConfig
+
+# Set by Ray's job supervisor in the environment of a submitted job's driver.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # Flat keys of earlier versions -> where they live now.
 MOVED_KEYS = {
@@ -25,6 +30,7 @@ class RunConfig(Strict):
     # Validated by the class of its `engine:` (raveval.engines.registry).
     model: AnyModelConfig
     datasets: dict[str, DatasetConfig]
+    # A folder, or a URI on shared storage (s3://, gs://, hdfs://, file://).
     work_dir: str
     # Root folder that dataset paths may interpolate as ${data_root}.
     data_root: str = "data"
@@ -45,6 +51,17 @@ class RunConfig(Strict):
     startup_timeout_s: float = Field(900.0, gt=0)
     # Share of rows that may end as error rows (after the in-run retries) with exit status 0.
     max_error_rate: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir_outlives_the_job(cls, v: str):
+        # Ray runs a submitted job in a temporary copy of its working_dir, which Ray
+        # deletes with the session or when it prunes old packages.
+        if RAY_JOB_ENV in os.environ and "://" not in v and not os.path.isabs(v):
+            raise ValueError(f"{v!r} is relative, and this run is a Ray job (ray job submit): its working "
+                             f"directory is a temporary copy that Ray deletes; give an absolute path on storage "
+                             f"every node sees, or a URI such as s3://bucket/run")
+        return v
 
     @model_validator(mode="after")
     def _has_datasets(self):

@@ -15,14 +15,14 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
-from raveval.config.compose import save_config
+from raveval.config.compose import config_yaml
 from raveval.http.limiter import ensure_shared_limiter
 from raveval.results.lock import WorkDirLock
 from raveval.results.store import JUDGEMENTS, Store
+from raveval.results.workdir import WorkDir
 from raveval.results.summary import markdown, summarize
 from raveval.run.config import RunConfig
 from raveval.run.plan import Plan, describe, make_plan
@@ -41,7 +41,7 @@ class RunResult:
     summary: pa.Table
     failed: list[str]  # datasets that could not be evaluated at all, with the reason
     stats: dict
-    files: list[Path]
+    files: list[str]
 
 
 def start_ray(cfg: RunConfig) -> None:
@@ -118,7 +118,7 @@ def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
         reqs += d.judge_requests
 
     stats: dict = {"judged": 0, "judge_errors": 0}
-    jstore = Store(store.root, JUDGEMENTS)
+    jstore = Store(store.work, JUDGEMENTS)
     finished = jstore.finished_keys() if cfg.resume else set()
     pending = [r for r in reqs if r.key not in finished]
     # Endpoints whose key is not set here cannot be asked: their rows fail with that reason.
@@ -160,10 +160,8 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _write_run_file(work: Path, record: dict) -> None:
-    tmp = work / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, work / RUN_FILE)
+def _write_run_file(work: WorkDir, record: dict) -> None:
+    work.write_bytes((json.dumps(record, indent=1) + "\n").encode(), RUN_FILE)
 
 
 def run(cfg: RunConfig, log=print) -> RunResult:
@@ -171,7 +169,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
     Holds the work_dir's lock throughout (`WorkDirLocked` if another run holds it);
     the run's Serve app is named after its run id and deleted when the run ends."""
     run_id = new_run_id(cfg.model.name)
-    work = Path(cfg.work_dir)
+    work = WorkDir(cfg.work_dir)
     with WorkDirLock(work, run_id, log=log):
         app = app_name(cfg.model, run_id)
         log(f"run {run_id}: work_dir {work}, Serve app {app}")
@@ -200,8 +198,8 @@ def run(cfg: RunConfig, log=print) -> RunResult:
     return result
 
 
-def _evaluate(cfg: RunConfig, work: Path, run_id: str, log) -> RunResult:
-    save_config(cfg, work)
+def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
+    work.write_bytes(config_yaml(cfg).encode(), "config.yaml")
     store = Store(work)
     plan = make_plan(cfg)
     finished = store.finished_keys() if cfg.resume else set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raveval.config.schema import DatasetConfig
+from raveval.results.workdir import display
 from raveval.run.config import RunConfig
 from raveval.tasks import prompts
 from raveval.tasks.benchmarks import load_dataset
@@ -65,7 +66,7 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
         f"  replicas: {m.replicas} x ({m.resources().describe()})",
         *m.describe(),
         f"  callers: {ms.callers} x {ms.calls_per_caller} calls in flight, {ms.batch_rows} rows per call (num_cpus=0)",
-        f"work_dir: {cfg.work_dir}   ray: {cfg.ray_address}",
+        f"work_dir: {display(cfg.work_dir)}   ray: {cfg.ray_address}",
         "datasets:",
     ]
     for d in plan.datasets:
