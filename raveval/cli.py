@@ -41,30 +41,37 @@ def _dry_run(cfg, work) -> int:
     from raveval.run.plan import describe, make_plan
 
     plan = make_plan(cfg)
-    print(describe(plan, Store(work).finished_keys() if cfg.resume else set()))
+    store = Store(work, log=lambda msg: print(msg, file=sys.stderr), set_aside=False)  # a dry run changes nothing
+    print(describe(plan, store.finished_keys() if cfg.resume else set()))
     return 1 if any(d.error for d in plan.datasets) else 0
 
 
 def _run(cfg, work, ns) -> int:
     from raveval.results.lock import WorkDirLocked
     from raveval.results.summary import markdown
+    from raveval.results.workdir import WorkDirError
     from raveval.run.evaluate import run, shutdown
     from raveval.serving.deploy import ModelStartError
 
+    if ns.verbose:
+        os.environ["RAVEVAL_VERBOSE"] = "1"  # Ray's worker logs too (stream.cluster.init_ray)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
         result = run(cfg)
-    except WorkDirLocked as e:  # another run holds the work_dir: one line, nothing touched
-        print(f"raveval: {e}", file=sys.stderr)
-        return 1
-    except ModelStartError as e:  # the model could not start: Serve's reason, or what it waited for
+    # Another run holds the work_dir (nothing touched); the model could not start (Serve's
+    # reason, or what it waited for); the work_dir cannot be read or written: one line each.
+    except (WorkDirLocked, ModelStartError, WorkDirError) as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
         signum = _signal_of(e)
         if signum is None:
-            raise
+            if ns.verbose or not isinstance(e, Exception):
+                raise
+            print(f"raveval: the run failed: {type(e).__name__}: {_first_line(e)} (run with -v for the traceback "
+                  f"and Ray's logs); {_kept(work)}; run the same command again to resume", file=sys.stderr)
+            return 1
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(work)}; "
@@ -96,6 +103,10 @@ def _run(cfg, work, ns) -> int:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
     errors, total = error_rows(result.summary)
     if errors and errors > cfg.max_error_rate * total:
+        bad = result.plan.bad
+        if bad:
+            print(f"raveval: {len(bad)} rows are records of the data files that cannot be read; fix them and run "
+                  f"again (first: {next(iter(bad.values()))})", file=sys.stderr)
         print(f"raveval: {errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g}); "
               f"they are in {work}/predictions with the reason, and a re-run retries them", file=sys.stderr)
         return 1
@@ -141,6 +152,11 @@ def _kept(work) -> str:
     except Exception as e:  # the interrupt may have cut a read or write short
         return f"the finished rows are kept in {work} (not counted: {type(e).__name__})"
     return f"{0 if table is None else table.num_rows} finished rows are kept in {work}"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0].strip() if lines else ""
 
 
 def error_rows(summary) -> tuple[int, int]:
@@ -189,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. `raveval run demo datasets.demo_gsm8k_gen.limit=4 model.replicas=2`."))
     r.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]")
     r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
+    r.add_argument("-v", "--verbose", action="store_true", help="show Ray's worker logs, and tracebacks of errors")
     r.add_argument("--no-subjects", dest="subjects", action="store_false", help="leave per-subject rows out of the printed table")
     r.set_defaults(fn=cmd_run)
     ls = sub.add_parser("list", help="list model, dataset and run configs matching all WORDs")

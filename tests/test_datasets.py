@@ -227,10 +227,16 @@ def test_ceval_test_split_has_empty_gold(tmp_path):
     assert len(ds.rows) == 9 and {r["gold"] for r in ds.rows} == {""}
 
 
-def test_ceval_val_empty_answer_is_an_error(tmp_path):
-    f = write_csv(tmp_path / "val" / "law_val.csv", [(0, "q", "a", "b", "c", "d", "")], CEVAL_HEADER)
-    with pytest.raises(DatasetError, match=r"law_val\.csv: line 2: bad answer letter ''"):
-        load_dataset("c", cfg("ceval", f.parent))
+def bad_rows(loaded) -> list[tuple[str, str, str]]:
+    return [(b.row_id, b.subject, b.error) for b in loaded.bad]
+
+
+def test_ceval_val_empty_answer_is_a_bad_row(tmp_path):
+    f = write_csv(tmp_path / "val" / "law_val.csv", [(0, "q", "a", "b", "c", "d", ""), (1, "q", "a", "b", "c", "d", "B")],
+                  CEVAL_HEADER)
+    loaded = load_dataset("c", cfg("ceval", f.parent))
+    assert [r["gold"] for r in loaded.rows] == ["B"]
+    assert bad_rows(loaded) == [("law_val.csv:2", "law", f"{f}: line 2: bad answer letter '' (expected one of A, B, C, D)")]
 
 
 # ---------------------------------------------------------------- generic loader
@@ -276,8 +282,8 @@ def test_generic_parquet(tmp_path):
 def test_generic_missing_column(tmp_path):
     objs = [dict(GENERIC[0]), {k: v for k, v in GENERIC[1].items() if k != "label"}]
     path = write_jsonl(tmp_path / "g.jsonl", objs)
-    with pytest.raises(DatasetError, match=r"g\.jsonl: line 2: missing column 'label'"):
-        load_dataset("g", cfg("generic", path, fields={"question": "prompt", "gold": "label"}))
+    loaded = load_dataset("g", cfg("generic", path, fields={"question": "prompt", "gold": "label"}))
+    assert len(loaded.rows) == 1 and bad_rows(loaded) == [("g.jsonl:2", "", f"{path}: line 2: missing column 'label'")]
     with pytest.raises(DatasetError, match="unknown fields key"):
         load_dataset("g", cfg("generic", path, fields={"answer": "label"}))
     with pytest.raises(DatasetError, match="must name one column"):
@@ -297,34 +303,52 @@ def test_missing_paths(tmp_path):
 
 def test_bad_json_line(tmp_path):
     path = tmp_path / "test.jsonl"
-    path.write_text('{"question": "q", "answer": "#### 1"}\n\n{"question": oops}\n')
+    path.write_text('{"question": "q", "answer": "#### 1"}\n\n{"question": oops}\n[1]\n')
+    loaded = load_dataset("g", cfg("gsm8k", path))
+    assert [r["row_id"] for r in loaded.rows] == ["0"]
+    assert [(b.row_id, b.error.split(": ", 2)[2]) for b in loaded.bad] == [
+        ("test.jsonl:3", "invalid JSON (Expecting value)"), ("test.jsonl:4", "expected a JSON object")]
+    # A few-shot file shapes every prompt: a bad record there fails the dataset.
     with pytest.raises(DatasetError, match=r"test\.jsonl: line 3: invalid JSON"):
-        load_dataset("g", cfg("gsm8k", path))
+        load_dataset("g", cfg("gsm8k", write_jsonl(tmp_path / "ok.jsonl", [{"question": "q", "answer": "#### 1"}]),
+                              fewshot_path=path))
+
+
+def test_non_utf8_line_is_a_bad_row_naming_the_file(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"question": "q", "answer": "#### 1"}\n{"question": "caf\u00e9", "answer": "#### 2"}\n'
+                     .encode("latin-1"))
+    loaded = load_dataset("g", cfg("gsm8k", path))
+    assert len(loaded.rows) == 1
+    assert loaded.bad[0].error == f"{path}: line 2: not UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"
 
 
 def test_gsm8k_gold_and_missing_marker(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "so\n#### 1,234"}])
     assert load_dataset("g", cfg("gsm8k", path)).rows[0]["gold"] == "1234"
     path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "#### 1"}, {"question": "q", "answer": "2"}])
-    with pytest.raises(DatasetError, match=r"t\.jsonl: line 2: .*####"):
-        load_dataset("g", cfg("gsm8k", path))
+    assert bad_rows(load_dataset("g", cfg("gsm8k", path))) == [("t.jsonl:2", "", f"{path}: line 2: answer has no '#### <number>'")]
 
 
 def test_bad_answer_letter(tmp_path):
     f = write_csv(tmp_path / "test" / "anatomy_test.csv", [("q", "a", "b", "c", "d", "A"), ("q", "a", "b", "c", "d", "E")])
-    with pytest.raises(DatasetError, match=r"anatomy_test\.csv: line 2: bad answer letter 'E'"):
-        load_dataset("m", cfg("mmlu", f.parent))
+    loaded = load_dataset("m", cfg("mmlu", f.parent))
+    assert [r["row_id"] for r in loaded.rows] == ["anatomy/0"]
+    assert bad_rows(loaded) == [("anatomy_test.csv:2", "anatomy", f"{f}: line 2: bad answer letter 'E' (expected one of A, B, C, D)")]
+    # A subjects filter leaves out the bad records of the other subjects.
+    assert load_dataset("m", cfg("mmlu", f.parent, subjects=["anatomy"])).bad
     obj = {"question": "q", "answer_a": "1", "answer_b": "2", "answer_c": "3", "answer_d": "4",
            "correct_answer": "5", "topic": "anatomy"}
-    path = write_jsonl(tmp_path / "m.jsonl", [obj])
-    with pytest.raises(DatasetError, match=r"m\.jsonl: line 1: bad answer letter '5'"):
-        load_dataset("m", cfg("mmlu", path))
+    path = write_jsonl(tmp_path / "m.jsonl", [obj, {**obj, "correct_answer": "B"}])
+    loaded = load_dataset("m", cfg("mmlu", path))
+    assert [r["row_id"] for r in loaded.rows] == ["anatomy/0"]  # ids count the rows that load
+    assert bad_rows(loaded) == [("m.jsonl:1", "", f"{path}: line 1: bad answer letter '5' (expected one of A, B, C, D)")]
 
 
 def test_mmlu_csv_wrong_column_count(tmp_path):
     f = write_csv(tmp_path / "test" / "anatomy_test.csv", [("q", "a", "b", "A")])
-    with pytest.raises(DatasetError, match=r"anatomy_test\.csv: line 1: expected 6 columns"):
-        load_dataset("m", cfg("mmlu", f.parent))
+    assert bad_rows(load_dataset("m", cfg("mmlu", f.parent)))[0][2] == (
+        f"{f}: line 1: expected 6 columns (question,A,B,C,D,answer), got 4")
 
 
 def test_unknown_subject(tmp_path):

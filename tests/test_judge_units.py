@@ -322,11 +322,14 @@ def test_subjective_loaders_name_the_bad_place(tmp_path):
 
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question_id": 1, "turns": ["a"]}\n{"question_id": 2, "turns": "b"}\n')
-    with pytest.raises(DatasetError, match="q.jsonl: line 2"):
-        load_dataset("m", DatasetConfig(loader="mt_bench", path=str(bad), mode="gen"))
+    loaded = load_dataset("m", DatasetConfig(loader="mt_bench", path=str(bad), mode="gen"))
+    assert len(loaded.rows) == 1 and loaded.bad[0].error == f"{bad}: line 2: expected question_id and turns (a list of strings)"
     al = tmp_path / "a.json"
     al.write_text('[{"instruction": "x", "output": "y"}, {"output": "z"}]')
-    with pytest.raises(DatasetError, match="item 1"):
+    loaded = load_dataset("a", DatasetConfig(loader="alpacaeval", path=str(al), mode="gen"))
+    assert len(loaded.rows) == 1 and loaded.bad[0].row_id == "a.json:1" and "item 1" in loaded.bad[0].error
+    al.write_text('{"instruction": "x"}')
+    with pytest.raises(DatasetError, match="expected a JSON list"):
         load_dataset("a", DatasetConfig(loader="alpacaeval", path=str(al), mode="gen"))
     ab = tmp_path / "ab.jsonl"
     ab.write_text(json.dumps({"question": "q", "capability": "逻辑推理",

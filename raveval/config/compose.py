@@ -76,7 +76,7 @@ def compose(config: str | None = None, overrides: list[str] = ()) -> tuple[dict,
     search = [f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra)}]"] if extra else []
     # Plain `key=value` sets a value whether or not the YAML has the key (`++`):
     # the schema, not Hydra, rejects unknown keys, with the override named.
-    forced = [o if o[0] in "+~" or o.split("=", 1)[0] in GROUPS else "++" + o for o in overrides]
+    forced = [o if o[0] in "+~" or o.split("=", 1)[0] in GROUPS else "++" + o for o in map(_quote_plain, overrides)]
     try:
         with initialize_config_dir(config_dir=str(primary_dir), version_base=None, job_name="raveval"):
             cfg = hydra_compose(config_name=name, overrides=[*search, *forced], return_hydra_config=True)
@@ -86,8 +86,27 @@ def compose(config: str | None = None, overrides: list[str] = ()) -> tuple[dict,
             data = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"config {primary_dir / (name + '.yaml')}: {e}") from None
+    except yaml.YAMLError as e:  # a config file that is not YAML: its file, line and column
+        raise ConfigError(f"not valid YAML: {_yaml_place(e)}") from None
     sources = {"primary": primary_dir / f"{name}.yaml", "choices": choices, "overrides": list(overrides)}
     return data, sources
+
+
+def _quote_plain(override: str) -> str:
+    """Quote a plain value that Hydra's override grammar cannot read unquoted
+    (non-ASCII, as in a path `work_dir=/data/résultats`)."""
+    key, eq, value = override.partition("=")
+    if eq and value and not value.isascii() and value[0] not in "'\"[{" and not set("'\"\\") & set(value):
+        return f"{key}='{value}'"
+    return override
+
+
+def _yaml_place(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"{mark.name}: line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def _group_file(group: str, option: str) -> Path | None:

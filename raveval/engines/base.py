@@ -12,6 +12,7 @@ the engine's module asks which engine it is.
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
@@ -146,6 +147,17 @@ class ModelConfig(Strict):
     def describe(self) -> list[str]:
         """More lines for `--dry-run` about this engine's settings."""
         return []
+
+    def missing_weights(self) -> Optional[str]:
+        """Why `path` cannot be loaded on this machine, for a path that is plainly a
+        local one (absolute, ./, ../, ~) and is not there; None otherwise (a hub id,
+        or the builtin model). Engines without local weights (API models) return None."""
+        p = self.path
+        if not p.startswith(("/", "./", "../", "~")):
+            return None
+        if not os.path.exists(os.path.expanduser(p)):
+            return f"model.path {p} does not exist on this machine"
+        return None
 
     @abstractmethod
     def build_engine(self) -> Engine:

@@ -24,6 +24,9 @@ class OpenAIModelConfig(ModelConfig):
             raise ValueError(f"datasets.{name}.mode: 'll' needs log-likelihoods, which engine 'openai' "
                              "(chat completions) cannot give; use mode: gen")
 
+    def missing_weights(self) -> None:
+        return None  # no weights: `path` is a label
+
     def build_engine(self) -> OpenAIEngine:
         return OpenAIEngine(self)
 

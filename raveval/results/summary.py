@@ -22,8 +22,9 @@ def summarize(plan, results: pa.Table | None, judgements: pa.Table | None = None
     (and, for judged datasets, from the judgement rows of the plan's judge requests).
 
     Returns (summary table, reasons for datasets that could not be evaluated at all).
-    A dataset that failed to load gets one `accuracy` row with n=0 and every
-    row counted as an error, so the summary always lists it.
+    A dataset that failed to load gets one `accuracy` row with n=0 and its rows
+    counted as errors (its unreadable records, or 1 where not even those are
+    known), so the summary always lists it.
     """
     by_key = {}
     if results is not None:
@@ -34,7 +35,8 @@ def summarize(plan, results: pa.Table | None, judgements: pa.Table | None = None
     for d in plan.datasets:
         if d.error:
             failed.append(d.error)
-            rows.append({"model": model, "dataset": d.name, "metric": "accuracy", "level": "dataset", "value": math.nan, "n": 0, "errors": 0})
+            rows.append({"model": model, "dataset": d.name, "metric": "accuracy", "level": "dataset", "value": math.nan,
+                         "n": 0, "errors": max(1, len(d.requests))})
             continue
         if d.cfg.judge is not None:
             metrics = _subjective(d, judgements)
@@ -53,6 +55,18 @@ def summarize(plan, results: pa.Table | None, judgements: pa.Table | None = None
     return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA), failed
 
 
+def keep_previous(summary: pa.Table, previous: pa.Table | None, datasets: list[str]) -> pa.Table:
+    """`summary` with the rows of `datasets` (which could not be evaluated this time)
+    taken from the previous summary where it has them: a failed load loses nothing."""
+    if previous is None:
+        return summary
+    old = [r for r in previous.to_pylist() if r.get("dataset") in datasets]
+    have = {r["dataset"] for r in old}
+    new = [r for r in summary.to_pylist() if r["dataset"] not in have]
+    return pa.Table.from_pylist(new + [{f.name: r.get(f.name) for f in SUMMARY_SCHEMA} for r in old],
+                                schema=SUMMARY_SCHEMA)
+
+
 def _subjective(d, judgements: pa.Table | None) -> list[dict]:
     """Judge metrics of one dataset; a judgement that never came back counts as an error."""
     by_key = {}
@@ -62,6 +76,9 @@ def _subjective(d, judgements: pa.Table | None) -> list[dict]:
     if d.judge_requests:
         found = [by_key.get(r.key) or {"subject": r.subject, "row_id": r.row_id, "turn": r.turn, "order": r.order,
                                        "error": r.pre_error or "no result"} for r in d.judge_requests]
+        # Records that are not rows were never answered, so never judged: errors too.
+        found += [{"subject": r.subject, "row_id": r.row_id, "turn": 1, "order": "", "error": d.bad[r.key]}
+                  for r in d.requests if r.key in d.bad]
     else:  # the judge pass never ran: every answer counts as an error
         found = [{"subject": r.subject, "row_id": r.row_id, "turn": r.turn, "order": "", "error": "not judged"}
                  for r in d.requests]

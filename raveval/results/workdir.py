@@ -114,6 +114,10 @@ class WorkDir:
                 raise
         self._call("write", go, parts)
 
+    def move(self, src: str, dst: str) -> None:
+        """Rename a file within the work_dir (a copy and a delete on object stores)."""
+        self._call("move", lambda: self.fs.move(self.path(src), self.path(dst)), (src,))
+
     def delete(self, *parts: str) -> None:
         """Delete a file if it is there."""
         self._call("delete", lambda: self._delete_quietly(self.path(*parts)), parts)

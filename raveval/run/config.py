@@ -8,7 +8,7 @@ import os
 
 from pydantic import Field, field_validator, model_validator
 
-from raveval.config.compose import compose, validate
+from raveval.config.compose import ConfigError, compose, validate
 from raveval.config.schema import DatasetConfig, EndpointConfig, StreamConfig, Strict
 from raveval.engines.registry import AnyModelConfig
 
@@ -83,4 +83,17 @@ class RunConfig(Strict):
 def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConfig:
     """Compose CONFIG (a name or a .yaml path) with key=value overrides and validate it."""
     data, sources = compose(config, overrides)
+    _no_stray_dataset_overrides(data, overrides)
     return validate(data, sources, RunConfig, MOVED_KEYS)
+
+
+def _no_stray_dataset_overrides(data: dict, overrides) -> None:
+    """`datasets=[a] datasets.b.limit=3` makes an entry `b` holding only `limit`:
+    say that b is not in the run, rather than that its loader is missing."""
+    datasets = data.get("datasets") if isinstance(data.get("datasets"), dict) else {}
+    chosen = [n for n, d in datasets.items() if isinstance(d, dict) and "loader" in d]
+    for name, entry in datasets.items():
+        stray = [o for o in overrides if o.lstrip("+").startswith(f"datasets.{name}.")]
+        if stray and isinstance(entry, dict) and "loader" not in entry:
+            raise ConfigError(f"override {stray[0]!r}: dataset {name} is not in this run (its datasets: "
+                              f"{', '.join(chosen) or 'none'}); add it to datasets=[...] or drop the override")

@@ -23,14 +23,14 @@ from raveval.http.limiter import ensure_shared_limiter
 from raveval.results.lock import WorkDirLock
 from raveval.results.store import JUDGEMENTS, Store
 from raveval.results.workdir import WorkDir
-from raveval.results.summary import markdown, summarize
+from raveval.results.summary import keep_previous, markdown, summarize
 from raveval.run.config import RunConfig
 from raveval.run.plan import Plan, describe, make_plan
 from raveval.serving.deploy import (ModelStartError, app_name, delete as delete_app, delete_deployed, deploy,
                                     forget_deployed, watch_ready)
 from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
-from raveval.stream.model_stage import model_stage
+from raveval.stream.model_stage import error_rows as model_error_rows, model_stage
 from raveval.tasks import judging
 from raveval.tasks.request import Request, to_table
 
@@ -51,6 +51,10 @@ def start_ray(cfg: RunConfig) -> None:
 def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str) -> dict:
     """Run the request rows through the model's deployment and write each finished batch."""
     t0 = time.perf_counter()
+    # On a cluster the weights may live on the GPU nodes only; here a missing path can only fail.
+    missing = cfg.ray_address == "local" and cfg.model.missing_weights()
+    if missing:
+        raise ModelStartError(f"model {cfg.model.name}: {missing}")
     start_ray(cfg)
     check_resources(cfg.model, local=cfg.ray_address == "local")
     ms = cfg.model_stream
@@ -199,13 +203,14 @@ def run(cfg: RunConfig, log=print) -> RunResult:
 
 
 def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
-    work.write_bytes(config_yaml(cfg).encode(), "config.yaml")
-    store = Store(work)
+    store = Store(work, log=log)
     plan = make_plan(cfg)
     finished = store.finished_keys() if cfg.resume else set()
-    todo = [r for r in plan.requests if r.key not in finished]
+    bad = plan.bad
+    todo = [r for r in plan.requests if r.key not in finished and r.key not in bad]
     log(describe(plan, finished))
-    stats = {"run_id": run_id, "rows": 0, "reused": len(plan.requests) - len(todo)}
+    stats = {"run_id": run_id, "rows": 0, "reused": len(plan.requests) - len(todo) - len(bad)}
+    _write_bad_rows(plan, store)
     if todo:
         stats.update(model_pass(cfg, todo, store, log, run_id=run_id))
     judgements = None
@@ -214,8 +219,25 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
         stats.update(judge_pass(cfg, plan, store, log))
         judgements = Store(work, JUDGEMENTS).read()
     summary, failed = summarize(plan, store.read(), judgements)
+    # A dataset that could not be loaded keeps the numbers of the last run that had it,
+    # and the config of that run stays beside them.
+    broken = [d.name for d in plan.datasets if d.error]
+    if broken:
+        summary = keep_previous(summary, store.read_summary(), broken)
+    if not broken or not work.exists("config.yaml"):
+        work.write_bytes(config_yaml(cfg).encode(), "config.yaml")
     files = store.write_summary(summary, markdown(summary))
     return RunResult(plan, summary, failed, stats, files)
+
+
+def _write_bad_rows(plan: Plan, store: Store) -> None:
+    """Records that are not rows, as error rows naming their file and line (once:
+    a later run finds them stored, and the same records are as bad as before)."""
+    stored = store.read(columns=["key", "error"])
+    have = {} if stored is None else dict(zip(stored.column("key").to_pylist(), stored.column("error").to_pylist()))
+    new = [(r, plan.bad[r.key]) for r in plan.requests if r.key in plan.bad and have.get(r.key) != plan.bad[r.key]]
+    if new:
+        store.write_part(model_error_rows([r for r, _ in new], [why for _, why in new]))
 
 
 def shutdown(cfg: RunConfig) -> None:

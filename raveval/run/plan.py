@@ -11,7 +11,7 @@ from raveval.run.config import RunConfig
 from raveval.tasks import prompts
 from raveval.tasks.benchmarks import load_dataset
 from raveval.tasks.judging import check as judge_check
-from raveval.tasks.request import JudgeRequest, Request, build_requests
+from raveval.tasks.request import JudgeRequest, Request, bad_requests, build_requests
 
 
 @dataclass
@@ -23,6 +23,9 @@ class DatasetPlan:
     error: str | None = None  # why it cannot be evaluated at all
     rows: list[dict] = field(default_factory=list)  # the loaded rows (judged datasets build on them)
     judge_requests: list[JudgeRequest] = field(default_factory=list)  # filled by the judge pass
+    # Records of the file that are not rows: key -> why; never sent, written as error rows.
+    # Their requests are in `requests`, so the summary counts them.
+    bad: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -34,6 +37,10 @@ class Plan:
     @property
     def requests(self) -> list[Request]:
         return [r for d in self.datasets for r in d.requests]
+
+    @property
+    def bad(self) -> dict[str, str]:
+        return {k: why for d in self.datasets for k, why in d.bad.items()}
 
 
 def make_plan(cfg: RunConfig) -> Plan:
@@ -49,8 +56,14 @@ def make_plan(cfg: RunConfig) -> Plan:
             p.groups = loaded.groups
             p.rows = loaded.rows
             p.requests = build_requests(name, d, loaded, cfg.model.name, model_id)
-            if not p.requests:
+            bad = bad_requests(name, d, loaded, cfg.model.name, model_id)
+            if not p.requests and not bad:
                 p.error = f"dataset {name}: no rows to evaluate (check path, subjects and limit)"
+            elif not p.requests:
+                p.error = (f"dataset {name}: none of its {len(bad)} records can be read "
+                           f"(first: {next(iter(bad.values()))[1]})")
+            p.requests += [r for r, _ in bad.values()]
+            p.bad = {k: why for k, (_, why) in bad.items()}
         except (ValueError, OSError) as e:
             p.error = f"dataset {name}: {e}"
         plans.append(p)
@@ -77,6 +90,8 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
         subjects = len({r.subject for r in d.requests})
         lines.append(f"  {d.name}: {d.cfg.loader} mode={d.cfg.mode} format={d.cfg.prompt.format} "
                      f"k_shot={d.cfg.prompt.k_shot} rows={len(d.requests)} subjects={subjects} finished={done}")
+        if d.bad:
+            lines.append(f"    {len(d.bad)} bad record(s), evaluated as error rows; first: {next(iter(d.bad.values()))}")
         if d.cfg.judge is not None:
             j, e = d.cfg.judge, cfg.judges[d.cfg.judge.endpoint]
             vs = f" vs {j.baseline}" + (" (both orders)" if j.both_orders else "") if j.mode == "pairwise" else ""
@@ -84,6 +99,6 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
                          f"{e.requests_per_minute or 'no limit'} req/min, {e.tokens_per_minute or 'no limit'} tok/min "
                          f"for the whole cluster; {e.max_concurrent} in flight over {cfg.judge_stream.callers} callers)")
     total = len(plan.requests)
-    todo = sum(r.key not in finished for r in plan.requests)
+    todo = sum(r.key not in finished and r.key not in plan.bad for r in plan.requests)
     lines.append(f"total rows: {total}, to run: {todo}")
     return "\n".join(lines)

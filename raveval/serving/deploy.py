@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 import time
 
@@ -101,11 +102,26 @@ async def wait_ready(app: str, timeout_s: float | None = None, poll_s: float = 0
         if st is not None and st.status == "RUNNING":
             return
         if st is not None and st.status == "DEPLOY_FAILED":
-            raise ModelStartError(f"Serve app {app} failed to start: {st.message}")
+            raise ModelStartError(failed_to_start(app, st))
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise ModelStartError(f"Serve app {app} is not running after {timeout_s:g}s (startup_timeout_s): "
                                   f"{waiting_for(st)}")
         await asyncio.sleep(poll_s)
+
+
+def failed_to_start(app: str, st) -> str:
+    """Why a failed app failed, in one line: the exception that ended its replicas'
+    constructor (the last line of the traceback Serve keeps), not the whole traceback."""
+    reasons = []
+    for d in st.deployments.values():
+        lines = [ln.strip() for ln in (d.message or "").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+        if errors or lines:
+            reasons.append((errors or lines)[-1])
+    return f"Serve app {app} failed to start: {'; '.join(dict.fromkeys(reasons)) or st.message}"
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
 
 
 def waiting_for(st) -> str:
@@ -139,7 +155,7 @@ def watch_ready(app: str, log=print, timeout_s: float | None = None, need: str =
                     t.at = time.perf_counter()
                     return
                 if st is not None and st.status == "DEPLOY_FAILED":
-                    t.error = f"Serve app {app} failed to start: {st.message}"
+                    t.error = failed_to_start(app, st)
                     return
                 waited = time.monotonic() - start
                 if timeout_s is not None and waited > timeout_s:

@@ -20,10 +20,13 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
         # Python one exits with 15): keep the caller's, and no core dump meanwhile.
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        # Ray's and Serve's worker logs (replica tracebacks included) stay in the session's
+        # log files unless asked for (`raveval run -v`): raveval says what went wrong.
+        quiet = os.environ.get("RAVEVAL_VERBOSE") != "1"
         if address == "local":
-            ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir)
+            ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir, log_to_driver=not quiet)
         else:
-            ray.init(address=address)
+            ray.init(address=address, log_to_driver=not quiet)
         if threading.current_thread() is threading.main_thread():
             for s, h in handlers.items():
                 if h is not None:

@@ -21,7 +21,8 @@ import random
 import pyarrow as pa
 
 from raveval.config.schema import StreamConfig
-from raveval.stream.stage import Caller, Stage
+from raveval.stream.stage import Caller, Stage, append_results
+from raveval.tasks.request import Request, to_table
 from raveval.tasks.scoring import score_row
 
 RESULT_SCHEMA = pa.schema([
@@ -45,6 +46,11 @@ BACKOFF_S = 0.5
 BACKOFF_MAX_S = 8.0
 
 log = logging.getLogger(__name__)
+
+
+def error_rows(requests: list[Request], reasons: list[str]) -> pa.Table:
+    """Requests that are never sent, as error rows (the model stage's columns, no prediction)."""
+    return append_results(to_table(requests), [{"error": why} for why in reasons], RESULT_SCHEMA)
 
 
 class ModelCaller(Caller):

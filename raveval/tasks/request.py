@@ -141,3 +141,17 @@ def build_requests(name: str, d: DatasetConfig, loaded, model: str, model_id: di
             prompt=text, continuations=conts, params=params, choices=list(row["choices"]), gold=row["gold"],
             answer=d.answer, judged=d.judge is not None))
     return out
+
+
+def bad_requests(name: str, d: DatasetConfig, loaded, model: str, model_id: dict) -> dict[str, tuple[Request, str]]:
+    """The records of the file that are not rows (`loaded.bad`), as requests that are
+    never sent: key -> (request, why). Each is written as an error row naming its
+    file and line, and counts as an error in the summary."""
+    params = gen_params(d) if d.mode == "gen" else ""
+    out = {}
+    for b in loaded.bad:
+        key = row_key(model_id, name, b.row_id, "", [], params, d.mode)
+        out[key] = (Request(key=key, model=model, dataset=name, subject=b.subject, row_id=b.row_id, mode=d.mode,
+                            chat=False, prompt="", continuations=[], params=params, choices=[], gold="",
+                            answer=d.answer, judged=d.judge is not None), b.error)
+    return out

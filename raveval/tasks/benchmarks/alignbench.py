@@ -16,7 +16,7 @@ from typing import Optional
 from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import NUM, Verdict, in_range
 
-from .common import DatasetError, Parsed, existing, make_row, read_jsonl
+from .common import Parsed, RowError, existing, make_row, read_jsonl, row_at
 from .spec import OPEN_CHAT, Benchmark, JudgeMode, Prompter
 
 GROUPS = {
@@ -27,18 +27,19 @@ GROUPS = {
 
 def load(cfg: DatasetConfig) -> Parsed:
     path = existing(cfg.path, "alignbench path", want_file=True)
-    rows = []
-    for lineno, obj in read_jsonl(path):
-        others = obj.get("others") or {}
-        if not isinstance(obj.get("question"), str) or not isinstance(others, dict):
-            raise DatasetError(f"{path}: line {lineno}: expected a string `question` and an `others` object")
-        row_id = str(others.get("question_id", lineno - 1))
-        row = make_row(str(obj.get("capability") or ""), row_id, obj["question"], [], "")
-        ref = others.get("reference")
-        row["reference"] = [str(ref)] if ref else []
-        row["subcategory"] = str(others.get("subcategory") or "")
-        rows.append(row)
-    return Parsed(rows, {}, {g: list(m) for g, m in GROUPS.items()})
+    rows, bad = [], []
+    for lineno, obj in read_jsonl(path, bad):
+        with row_at(bad, path, f"line {lineno}"):
+            others = obj.get("others") or {}
+            if not isinstance(obj.get("question"), str) or not isinstance(others, dict):
+                raise RowError("expected a string `question` and an `others` object")
+            row_id = str(others.get("question_id", lineno - 1))
+            row = make_row(str(obj.get("capability") or ""), row_id, obj["question"], [], "")
+            ref = others.get("reference")
+            row["reference"] = [str(ref)] if ref else []
+            row["subcategory"] = str(others.get("subcategory") or "")
+            rows.append(row)
+    return Parsed(rows, {}, {g: list(m) for g, m in GROUPS.items()}, bad)
 
 
 # ---- judge prompt ------------------------------------------------------------

@@ -18,39 +18,45 @@ from typing import Optional
 from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import Verdict
 
-from .common import DatasetError, Parsed, existing, make_row
+from .common import BadRow, DatasetError, Parsed, RowError, existing, make_row, row_at
 from .spec import OPEN_CHAT, Benchmark, JudgeMode, Prompter, chat
 
 
-def _records(path: Path) -> list[dict]:
+def _records(path: Path, bad: list[BadRow] | None) -> list[tuple[int, dict]]:
+    """(index, item) of the file's JSON list; an item without a string `instruction` is a bad row."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8; save the file as UTF-8") from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of objects")
+    items = []
     for i, obj in enumerate(data):
-        if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str):
-            raise DatasetError(f"{path}: item {i}: expected an object with a string `instruction`")
-    return data
+        with row_at(bad, path, f"item {i}"):
+            if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str):
+                raise RowError("expected an object with a string `instruction`")
+            items.append((i, obj))
+    return items
 
 
 def load_baseline(path: Path, rows: list[dict]) -> dict[str, list[str]]:
     """{row_id: [output]} of a baseline model's outputs file, matched to the rows by instruction."""
-    outputs = {obj["instruction"]: str(obj.get("output") or "") for obj in _records(path)}
+    outputs = {obj["instruction"]: str(obj.get("output") or "") for _, obj in _records(path, None)}
     return {r["row_id"]: [outputs[r["question"]]] for r in rows if r["question"] in outputs}
 
 
 def load(cfg: DatasetConfig) -> Parsed:
     path = existing(cfg.path, "alpacaeval path", want_file=True)
-    rows = []
-    for i, obj in enumerate(_records(path)):
+    rows, bad = [], []
+    for i, obj in _records(path, bad):
         row = make_row(str(obj.get("dataset") or ""), str(i), obj["instruction"], [], "")
         out = obj.get("output")
         row["reference"] = [str(out)] if out else []
         row["reference_generator"] = str(obj.get("generator") or "")
         rows.append(row)
-    return Parsed(rows, {}, {})
+    return Parsed(rows, {}, {}, bad)
 
 
 # ---- judge prompt and verdict --------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 from raveval.config.schema import DatasetConfig
 
 from .categories import CEVAL_CATEGORIES, CEVAL_CHINESE_NAMES
-from .common import DatasetError, Parsed, existing, letter, make_row, read_csv, split_files
+from .common import BadRow, DatasetError, Parsed, existing, letter, make_row, read_csv, row_at, split_files
 from .spec import Benchmark, Family
 
 COLUMNS = ("question", "A", "B", "C", "D", "answer")
@@ -20,7 +20,8 @@ PROMPT = Family(
 )
 
 
-def _read(path_str: str, splits: tuple[str, ...], what: str, shots: bool = False) -> list[dict]:
+def _read(path_str: str, splits: tuple[str, ...], what: str, bad: list[BadRow] | None,
+          shots: bool = False) -> list[dict]:
     split, files = split_files(existing(path_str, f"ceval {what}"), splits, "ceval")
     rows = []
     for subject, f in sorted(files.items()):
@@ -31,24 +32,26 @@ def _read(path_str: str, splits: tuple[str, ...], what: str, shots: bool = False
         if missing:
             raise DatasetError(f"{f}: header lacks column(s) {missing} (got {header})")
         for idx, (line, cells) in enumerate(records):
-            cells = cells + [""] * (len(header) - len(cells))
-            choices = [cells[col[k]] for k in "ABCD"]
-            answer = cells[col["answer"]] if "answer" in col else ""
-            gold = letter(answer, f, f"line {line}", 4, allow_empty=(split == "test"))
-            row = make_row(subject, f"{subject}/{idx}", cells[col["question"]], choices, gold)
-            if shots:  # dev rows: the explanation column, for chain-of-thought shots
-                row["explanation"] = cells[col["explanation"]] if "explanation" in col else ""
-            rows.append(row)
+            with row_at(bad, f, f"line {line}", subject):
+                cells = cells + [""] * (len(header) - len(cells))
+                choices = [cells[col[k]] for k in "ABCD"]
+                answer = cells[col["answer"]] if "answer" in col else ""
+                gold = letter(answer, 4, allow_empty=(split == "test"))
+                row = make_row(subject, f"{subject}/{idx}", cells[col["question"]], choices, gold)
+                if shots:  # dev rows: the explanation column, for chain-of-thought shots
+                    row["explanation"] = cells[col["explanation"]] if "explanation" in col else ""
+                rows.append(row)
     return rows
 
 
 def load(cfg: DatasetConfig) -> Parsed:
-    rows = _read(cfg.path, ("val", "test", "dev"), "path")
+    bad: list[BadRow] = []
+    rows = _read(cfg.path, ("val", "test", "dev"), "path", bad)
     fewshot: dict[str, list[dict]] = {}
     if cfg.fewshot_path:
-        for r in _read(cfg.fewshot_path, ("dev",), "fewshot_path", shots=True):
+        for r in _read(cfg.fewshot_path, ("dev",), "fewshot_path", None, shots=True):
             fewshot.setdefault(r["subject"], []).append(r)
-    return Parsed(rows, fewshot, CEVAL_CATEGORIES)
+    return Parsed(rows, fewshot, CEVAL_CATEGORIES, bad)
 
 
 BENCHMARK = Benchmark(name="ceval", load=load, family=PROMPT, answer="choice")

@@ -7,6 +7,7 @@ import csv
 import json
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
@@ -19,12 +20,39 @@ class DatasetError(ValueError):
     """A dataset file or option is wrong; the message names the file and the place."""
 
 
+class RowError(DatasetError):
+    """One record of a file is wrong (raised inside `row_at`): that row becomes an
+    error row naming its file and line, and the other rows run."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A record that could not be read as a row: evaluated as an error row."""
+    row_id: str   # "<file name>:<line>", unique within the dataset
+    subject: str  # "" where the file does not say
+    error: str    # "<path>: line N: what is wrong"
+
+
+@contextmanager
+def row_at(bad: list[BadRow] | None, path: Path, where: str, subject: str = ""):
+    """The block builds one row from the record at `where` ("line 12") of `path`.
+    A RowError inside it adds a BadRow to `bad`; with `bad` None (few-shot files,
+    whose rows shape every prompt) it fails the dataset instead."""
+    try:
+        yield
+    except RowError as e:
+        if bad is None:
+            raise DatasetError(f"{path}: {where}: {e}") from None
+        bad.append(BadRow(f"{Path(path).name}:{where.split()[-1]}", subject, f"{path}: {where}: {e}"))
+
+
 @dataclass
 class LoadedDataset:
     name: str
     rows: list[dict]
     fewshot: dict[str, list[dict]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    bad: list[BadRow] = field(default_factory=list)  # records that are not rows: error rows
 
 
 class Parsed(NamedTuple):
@@ -32,6 +60,7 @@ class Parsed(NamedTuple):
     rows: list[dict]
     fewshot: dict[str, list[dict]]
     groups: dict[str, list[str]]
+    bad: list[BadRow] = []
 
 
 def make_row(subject: str, row_id: str, question: str, choices: list, gold: str) -> dict:
@@ -53,37 +82,51 @@ def existing(path: str | Path, what: str, want_file: bool = False) -> Path:
     return p
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based line number, object); blank lines are skipped."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{path}: line {lineno}: expected a JSON object")
-            yield lineno, obj
+def read_jsonl(path: Path, bad: list[BadRow] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based line number, object); blank lines are skipped. A line that is
+    not UTF-8 or not a JSON object is a bad row (see `row_at`)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            ok = None
+            with row_at(bad, path, f"line {lineno}"):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise RowError(f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                   f"save the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RowError(f"invalid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise RowError("expected a JSON object")
+                ok = obj
+            if ok is not None:
+                yield lineno, ok
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number where the record ends, cells). utf-8-sig: C-Eval files may carry a BOM."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        for cells in reader:
-            if cells:
-                yield reader.line_num, cells
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            for cells in reader:
+                if cells:
+                    yield reader.line_num, cells
+    except UnicodeDecodeError as e:  # a CSV record may span lines: the file, not a row, is wrong
+        raise DatasetError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start} of a "
+                           f"read block); save the file as UTF-8") from None
 
 
-def letter(value, path: Path, where: str, n_choices: int, allow_empty: bool = False) -> str:
+def letter(value, n_choices: int, allow_empty: bool = False) -> str:
+    """The gold letter of a record (raises RowError: use inside `row_at`)."""
     gold = str(value).strip().upper()
     if gold == "" and allow_empty:
         return ""
     if len(gold) != 1 or gold not in LETTERS[:n_choices]:
-        raise DatasetError(f"{path}: {where}: bad answer letter {value!r} "
-                           f"(expected one of {', '.join(LETTERS[:n_choices])})")
+        raise RowError(f"bad answer letter {value!r} (expected one of {', '.join(LETTERS[:n_choices])})")
     return gold
 
 
@@ -152,4 +195,6 @@ def finalize(name: str, subjects: Optional[list[str]], limit: Optional[int],
     # Groups only list subjects that are loaded, so aggregates never average missing members.
     groups = {g: [s for s in members if s in kept] for g, members in parsed.groups.items()}
     groups = {g: m for g, m in groups.items() if m}
-    return LoadedDataset(name=name, rows=out, fewshot=fewshot, groups=groups)
+    # Bad records are always reported (the file has them), unless their known subject is filtered out.
+    bad = [b for b in parsed.bad if subjects is None or not b.subject or b.subject in subjects]
+    return LoadedDataset(name=name, rows=out, fewshot=fewshot, groups=groups, bad=bad)

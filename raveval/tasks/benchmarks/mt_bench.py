@@ -21,7 +21,7 @@ from pathlib import Path
 from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import PAIR, RATING
 
-from .common import DatasetError, Parsed, existing, make_row, read_jsonl
+from .common import DatasetError, Parsed, RowError, existing, make_row, read_jsonl, row_at
 from .spec import OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, chat
 
 
@@ -45,17 +45,18 @@ def load(cfg: DatasetConfig) -> Parsed:
     refs = {}
     if cfg.judge is not None and cfg.judge.reference_path:
         refs = load_answers(existing(cfg.judge.reference_path, "mt_bench judge.reference_path", want_file=True))
-    rows = []
-    for lineno, obj in read_jsonl(path):
-        turns = obj.get("turns")
-        if "question_id" not in obj or not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
-            raise DatasetError(f"{path}: line {lineno}: expected question_id and turns (a list of strings)")
-        row_id = str(obj["question_id"])
-        row = make_row(str(obj.get("category") or ""), row_id, turns[0], [], "")
-        row["turns"] = list(turns)
-        row["reference"] = [str(x) for x in (refs.get(row_id) or obj.get("reference") or [])]
-        rows.append(row)
-    return Parsed(rows, {}, {})
+    rows, bad = [], []
+    for lineno, obj in read_jsonl(path, bad):
+        with row_at(bad, path, f"line {lineno}", str(obj.get("category") or "")):
+            turns = obj.get("turns")
+            if "question_id" not in obj or not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+                raise RowError("expected question_id and turns (a list of strings)")
+            row_id = str(obj["question_id"])
+            row = make_row(str(obj.get("category") or ""), row_id, turns[0], [], "")
+            row["turns"] = list(turns)
+            row["reference"] = [str(x) for x in (refs.get(row_id) or obj.get("reference") or [])]
+            rows.append(row)
+    return Parsed(rows, {}, {}, bad)
 
 
 # ---- judge prompts -----------------------------------------------------------
