@@ -138,3 +138,32 @@ def test_bad_rows_corrupt_parts_and_failed_loads_lose_nothing(tmp_path):
     assert all(r["error"] is None for r in new)
     head = pq.read_table(work / "summary.parquet").to_pylist()[0]
     assert (head["n"], head["errors"]) == (6, 2)
+
+
+def test_ceval_test_split_has_no_accuracy_and_writes_the_submission_file(tmp_path):
+    """C-Eval's test split has no answers: the run reports how many rows were answered,
+    and writes the file the C-Eval leaderboard takes ({subject: {id: letter}})."""
+    folder = tmp_path / "ceval" / "test"
+    folder.mkdir(parents=True)
+    for subject, n in (("law", 3), ("physician", 2)):
+        (folder / f"{subject}_test.csv").write_text("id,question,A,B,C,D\n" + "".join(
+            f"{i},问题 {i}：哪一个是对的？,甲{i},乙,丙,丁\n" for i in range(n)), encoding="utf-8")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"""defaults:
+  - base
+  - model: tiny_hf
+  - _self_
+datasets:
+  ceval_test:
+    loader: ceval
+    path: {folder}
+    mode: ll
+work_dir: {tmp_path}/work
+""")
+    out = raveval(cfg, "--no-subjects")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| tiny-llama | ceval_test | answered | 100.00% | 5 | 0 |" in out.stdout
+    sub = json.loads((tmp_path / "work" / "submissions" / "ceval_test.json").read_text())
+    assert list(sub) == ["law", "physician"] and list(sub["law"]) == ["0", "1", "2"] and list(sub["physician"]) == ["0", "1"]
+    assert all(v in "ABCD" and v for s in sub.values() for v in s.values())
+    assert f"{tmp_path}/work/submissions/ceval_test.json" in out.stdout

@@ -32,6 +32,7 @@ from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
 from raveval.stream.model_stage import error_rows as model_error_rows, model_stage
 from raveval.tasks import judging
+from raveval.tasks.benchmarks import benchmark
 from raveval.tasks.request import Request, to_table
 
 
@@ -218,7 +219,8 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
         stats.update(later_turns(cfg, plan, store, log, run_id=run_id))
         stats.update(judge_pass(cfg, plan, store, log))
         judgements = Store(work, JUDGEMENTS).read()
-    summary, failed = summarize(plan, store.read(), judgements)
+    results = store.read()
+    summary, failed = summarize(plan, results, judgements)
     # A dataset that could not be loaded keeps the numbers of the last run that had it,
     # and the config of that run stays beside them.
     broken = [d.name for d in plan.datasets if d.error]
@@ -226,8 +228,25 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
         summary = keep_previous(summary, store.read_summary(), broken)
     if not broken or not work.exists("config.yaml"):
         work.write_bytes(config_yaml(cfg).encode(), "config.yaml")
-    files = store.write_summary(summary, markdown(summary))
+    files = store.write_summary(summary, markdown(summary)) + _write_submissions(plan, results, work)
     return RunResult(plan, summary, failed, stats, files)
+
+
+def _write_submissions(plan: Plan, results: pa.Table | None, work: WorkDir) -> list[str]:
+    """For a split without gold answers whose benchmark has a leaderboard file (C-Eval
+    test), `submissions/<dataset>.json` from this run's predictions."""
+    files = []
+    by_key = {} if results is None else {r["key"]: r for r in results.select(
+        ["key", "subject", "row_id", "answer_pred", "error"]).to_pylist()}
+    for d in plan.datasets:
+        make = benchmark(d.cfg.loader).submission
+        rows = [r for r in d.requests if r.key not in d.bad]
+        if d.error or make is None or not rows or any(r.gold for r in rows):
+            continue
+        preds = [by_key.get(r.key) or {"subject": r.subject, "row_id": r.row_id} for r in rows]
+        work.write_bytes(json.dumps(make(preds), ensure_ascii=False, indent=1).encode(), "submissions", f"{d.name}.json")
+        files.append(f"{work}/submissions/{d.name}.json")
+    return files
 
 
 def _write_bad_rows(plan: Plan, store: Store) -> None:

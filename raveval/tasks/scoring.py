@@ -75,13 +75,18 @@ def gold_of(gold: str, answer: str) -> str:
     return gold.strip().upper()
 
 
-def score_row(mode: str, answer: str, gold: str, n_choices: int, text: str | None, logprobs) -> tuple[str, bool]:
-    """(extracted answer, correct) for one finished row."""
+def score_row(mode: str, answer: str, gold: str, n_choices: int, text: str | None, logprobs) -> tuple[str, bool | None]:
+    """(extracted answer, correct) for one finished row; correct is None for a row
+    without a gold answer (an unlabeled split, such as C-Eval's test)."""
     if mode == "ll":
         scores = list(logprobs)
         pred = LETTERS[max(range(len(scores)), key=scores.__getitem__)] if scores else ""
+    else:
+        pred = extract(text or "", answer, n_choices)
+    if not gold:
+        return pred, None
+    if mode == "ll":
         return pred, pred == gold_of(gold, "choice")
-    pred = extract(text or "", answer, n_choices)
     return pred, pred != "" and pred == gold_of(gold, answer)
 
 
@@ -98,11 +103,19 @@ def aggregate(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
     """
     by_subject: dict[str, list[bool]] = defaultdict(list)
     errors_by_subject: dict[str, int] = defaultdict(int)
+    unlabeled = 0
     for r in rows:
         if r.get("error"):
             errors_by_subject[r["subject"]] += 1
+        elif r["correct"] is None:
+            unlabeled += 1
         else:
             by_subject[r["subject"]].append(bool(r["correct"]))
+    errors = sum(errors_by_subject.values())
+    if unlabeled and not any(by_subject.values()):
+        # No gold answers (C-Eval's test split): no accuracy, only how many rows were answered.
+        return [{"metric": "answered", "level": "dataset", "value": unlabeled / (unlabeled + errors),
+                 "n": unlabeled, "errors": errors}]
     scored = [c for cs in by_subject.values() for c in cs]
     out = [{"metric": "accuracy", "level": "dataset", "value": _mean(scored), "n": len(scored),
             "errors": sum(errors_by_subject.values())}]

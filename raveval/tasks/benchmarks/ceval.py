@@ -54,4 +54,13 @@ def load(cfg: DatasetConfig) -> Parsed:
     return Parsed(rows, fewshot, CEVAL_CATEGORIES, bad)
 
 
-BENCHMARK = Benchmark(name="ceval", load=load, family=PROMPT, answer="choice")
+def submission(rows: list[dict]) -> dict:
+    """C-Eval's leaderboard file: {subject: {id: letter}}, ids as in the test CSVs
+    (row ids are `<subject>/<id>`); a row without an answer gets ""."""
+    out: dict[str, dict[str, str]] = {}
+    for r in sorted(rows, key=lambda r: (r["subject"], int(r["row_id"].rsplit("/", 1)[1]))):
+        out.setdefault(r["subject"], {})[r["row_id"].rsplit("/", 1)[1]] = r.get("answer_pred") or ""
+    return out
+
+
+BENCHMARK = Benchmark(name="ceval", load=load, family=PROMPT, answer="choice", submission=submission)

@@ -70,6 +70,9 @@ class Benchmark:
     judge_modes: Mapping[str, JudgeMode] = field(default_factory=dict)
     # Pairwise against another model: (judge.baseline_path, the loaded rows) -> {row_id: its answers by turn}.
     baseline: Optional[Callable[[Path, list[dict]], dict[str, list[str]]]] = None
+    # A split without labels (C-Eval test): the leaderboard's submission file from the
+    # predictions (rows with subject, row_id, answer_pred) -> a JSON object.
+    submission: Optional[Callable[[list[dict]], dict]] = None
 
     def family_of(self, cfg: DatasetConfig) -> Family:
         return self.family if isinstance(self.family, Family) else self.family(cfg)
