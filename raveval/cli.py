@@ -92,6 +92,8 @@ def _run(cfg, work, ns) -> int:
     if s.get("rows"):
         print(f"{s['rows']} rows in {s['wall_s']:.1f}s: model serving after {s['ready_s']:.1f}s, first batch after "
               f"{s['first_batch_s']:.1f}s, then {s['rows_per_s']:.1f} rows/s; {s['reused']} rows reused from {work}")
+    elif s.get("rows_turn"):  # only later turns were generated (said below)
+        print(f"{s['reused']} rows reused from {work}")
     else:
         print(f"all {s['reused']} rows reused from {work}")
     if "judged" in s:

@@ -147,6 +147,7 @@ def test_mt_bench_run_judges_both_turns(ray_local, tmp_path):
     assert "| tiny-llama | mt_bench_single | score | 7.00 | 6 | 0 |" in (tmp_path / "summary.md").read_text()
     again = pipeline.run(cfg, log=lambda *_: None)
     assert again.stats["rows"] == 0 and again.stats["judged"] == 0 and again.summary.equals(result.summary)
+    assert again.stats["reused"] == 6  # both turns' rows, not the first turn's only
 
 
 def test_api_model_under_test_alpacaeval_pairwise_and_alignbench(ray_local, tmp_path):

@@ -105,6 +105,7 @@ def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: 
         finished = store.finished_keys() if cfg.resume else set()
         todo = [r for r in new if r.key not in finished]
         log(f"turn {turn}: {len(new)} rows, {len(todo)} to run")
+        stats["reused"] = stats.get("reused", 0) + len(new) - len(todo)
         if todo:
             s = model_pass(cfg, todo, store, log, run_id=run_id)
             stats["rows_turn"] = stats.get("rows_turn", 0) + s["rows"]
@@ -216,7 +217,9 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
         stats.update(model_pass(cfg, todo, store, log, run_id=run_id))
     judgements = None
     if any(d.cfg.judge is not None and not d.error for d in plan.datasets):
-        stats.update(later_turns(cfg, plan, store, log, run_id=run_id))
+        turns = later_turns(cfg, plan, store, log, run_id=run_id)
+        stats["reused"] += turns.pop("reused", 0)  # later-turn rows count like the first turn's
+        stats.update(turns)
         stats.update(judge_pass(cfg, plan, store, log))
         judgements = Store(work, JUDGEMENTS).read()
     results = store.read()
