@@ -132,8 +132,14 @@ class LMDeployModelConfig(ModelConfig):
     def identity(self) -> dict:
         # Weight and cache quantization change outputs, and so does the backend.
         lm = self.lmdeploy
-        return {**super().identity(), "backend": lm.backend, "quant_policy": lm.quant_policy,
-                "model_format": lm.model_format}
+        ident = {**super().identity(), "backend": lm.backend, "quant_policy": lm.quant_policy,
+                 "model_format": lm.model_format}
+        # The chat template shapes every chat prompt. Added only when set (unset: the one
+        # LMDeploy picks for the model), so earlier keys stay. (session_len must equal
+        # max_model_len, which is in every key.)
+        if lm.chat_template is not None:
+            ident["chat_template"] = lm.chat_template
+        return ident
 
     def check_dataset(self, name: str, d: DatasetConfig) -> None:
         """Config-time errors of a dataset that this LMDeploy model cannot serve."""

@@ -24,6 +24,13 @@ class OpenAIModelConfig(ModelConfig):
             raise ValueError(f"datasets.{name}.mode: 'll' needs log-likelihoods, which engine 'openai' "
                              "(chat completions) cannot give; use mode: gen")
 
+    def identity(self) -> dict:
+        # The server and the model it is asked for decide every answer; so do provider options.
+        ident = {**super().identity(), "base_url": self.api.base_url.rstrip("/"), "api_model": self.api.model}
+        if self.api.extra_body:
+            ident["extra_body"] = self.api.extra_body
+        return ident
+
     def missing_weights(self) -> None:
         return None  # no weights: `path` is a label
 
