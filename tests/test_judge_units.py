@@ -337,3 +337,43 @@ def test_subjective_loaders_name_the_bad_place(tmp_path):
     loaded = load_dataset("ab", DatasetConfig(loader="alignbench", path=str(ab), mode="gen"))
     assert loaded.rows[0]["row_id"] == "9" and loaded.rows[0]["reference"] == ["r"]
     assert loaded.groups == {"中文推理": ["逻辑推理"]}
+
+
+def test_alignbench_reads_the_release_and_opencompass_layouts(tmp_path):
+    from raveval.config.schema import DatasetConfig
+    from raveval.tasks.benchmarks import load_dataset
+
+    release = [{"question_id": 7, "category": "专业能力", "subcategory": "音乐", "question": "q7", "reference": "r7",
+                "evidences": [{"url": "u", "quote": "x"}]},
+               {"question_id": 8, "category": "数学计算", "subcategory": "初等数学", "question": "q8", "reference": "r8",
+                "evidences": []},
+               {"question_id": 9, "category": "专业能力", "subcategory": "历史", "question": "q9", "reference": ""},
+               {"question_id": 10, "question": "no category"},
+               {"id": 11, "prompt": "some other layout"}]
+    path = tmp_path / "data_v1.1_release.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in release))
+    loaded = load_dataset("ab", DatasetConfig(loader="alignbench", path=str(path), mode="gen"))
+    assert [(r["row_id"], r["subject"], r["subcategory"], r["reference"]) for r in loaded.rows] == [
+        ("7", "专业能力", "音乐", ["r7"]), ("9", "专业能力", "历史", []), ("8", "数学计算", "初等数学", ["r8"])]
+    assert [b.row_id for b in loaded.bad] == ["data_v1.1_release.jsonl:4", "data_v1.1_release.jsonl:5"]
+    assert "missing field(s) ['category', 'subcategory']" in loaded.bad[0].error
+    assert "missing field(s) ['question_id', 'category', 'subcategory', 'question']" in loaded.bad[1].error
+    assert "or use OpenCompass's (question, capability, others" in loaded.bad[1].error
+    # limit counts per category (subject), as AlignBench and OpenCompass sample it.
+    limited = load_dataset("ab", DatasetConfig(loader="alignbench", path=str(path), mode="gen", limit=1))
+    assert sorted(r["subject"] for r in limited.rows) == ["专业能力", "数学计算"]
+
+    oc = tmp_path / "oc.jsonl"
+    oc.write_text(json.dumps({"question": "q", "capability": "逻辑推理",
+                              "others": {"subcategory": "推理", "reference": "r", "question_id": 3}},
+                             ensure_ascii=False) + "\n" + json.dumps({"question": "q", "capability": "x", "others": {}}) + "\n")
+    loaded = load_dataset("oc", DatasetConfig(loader="alignbench", path=str(oc), mode="gen"))
+    assert [(r["row_id"], r["subject"], r["subcategory"]) for r in loaded.rows] == [("3", "逻辑推理", "推理")]
+    assert "['others.subcategory', 'others.question_id']" in loaded.bad[0].error
+
+
+def test_alignbench_dimensions_by_subcategory_then_category():
+    assert alignbench.dimensions_of("初等数学") == alignbench.DIMENSIONS["逻辑推理型回答"]
+    assert alignbench.dimensions_of("新子类", "角色扮演") == alignbench.DIMENSIONS["生成型回答"]
+    assert alignbench.dimensions_of("新子类", "综合问答") == alignbench.DIMENSIONS["建议型回答"]
+    assert alignbench.dimensions_of("", "") == alignbench.DIMENSIONS["事实与解释型回答"]

@@ -1,6 +1,9 @@
-"""AlignBench: JSON lines {question, capability, others: {subcategory, reference, question_id}}.
+"""AlignBench: JSON lines in the layout of its release (data/data_v1.1_release.jsonl:
+{question_id, category, subcategory, question, reference, evidences}) or of
+OpenCompass's conversion ({question, capability, others: {subcategory,
+reference, question_id}}); anything else is refused, naming the missing fields.
 
-One row per question (subject = capability). Categories group as AlignBench
+One row per question (row id = question_id, subject = category). Categories group as AlignBench
 reports them: 中文推理 (reasoning) and 中文语言 (language).
 
 Judged by single grading on the dimensions of the question's answer type,
@@ -25,19 +28,47 @@ GROUPS = {
 }
 
 
+def _official(obj: dict) -> Optional[tuple[str, str, str, str, str]]:
+    """(question_id, category, subcategory, question, reference) of a line of the
+    AlignBench release (data/data_v1.1_release.jsonl of THUDM/AlignBench)."""
+    if "category" not in obj and "capability" in obj:
+        return None
+    missing = [k for k in ("question_id", "category", "subcategory", "question") if k not in obj]
+    if missing:
+        raise RowError(f"missing field(s) {missing} of AlignBench's release layout (question_id, category, "
+                       f"subcategory, question, reference), or use OpenCompass's (question, capability, "
+                       f"others: {{subcategory, reference, question_id}})")
+    return (str(obj["question_id"]), str(obj["category"]), str(obj["subcategory"]), obj["question"],
+            obj.get("reference") or "")
+
+
+def _opencompass(obj: dict) -> tuple[str, str, str, str, str]:
+    """The same from a line of OpenCompass's converted layout."""
+    others = obj.get("others")
+    missing = [k for k in ("question", "capability", "others") if k not in obj]
+    if isinstance(others, dict):
+        missing += [f"others.{k}" for k in ("subcategory", "question_id") if k not in others]
+    elif "others" in obj:
+        missing.append("others (an object)")
+    if missing:
+        raise RowError(f"missing field(s) {missing} of OpenCompass's AlignBench layout (question, capability, "
+                       f"others: {{subcategory, reference, question_id}})")
+    return (str(others["question_id"]), str(obj["capability"]), str(others["subcategory"]), obj["question"],
+            others.get("reference") or "")
+
+
 def load(cfg: DatasetConfig) -> Parsed:
+    """Either layout, line by line; subject = category, so `limit` counts per category."""
     path = existing(cfg.path, "alignbench path", want_file=True)
     rows, bad = [], []
     for lineno, obj in read_jsonl(path, bad):
         with row_at(bad, path, f"line {lineno}"):
-            others = obj.get("others") or {}
-            if not isinstance(obj.get("question"), str) or not isinstance(others, dict):
-                raise RowError("expected a string `question` and an `others` object")
-            row_id = str(others.get("question_id", lineno - 1))
-            row = make_row(str(obj.get("capability") or ""), row_id, obj["question"], [], "")
-            ref = others.get("reference")
-            row["reference"] = [str(ref)] if ref else []
-            row["subcategory"] = str(others.get("subcategory") or "")
+            qid, category, subcategory, question, reference = _official(obj) or _opencompass(obj)
+            if not isinstance(question, str) or not question:
+                raise RowError("`question` is not a non-empty string")
+            row = make_row(category, qid, question, [], "")
+            row["reference"] = [str(reference)] if reference else []
+            row["subcategory"] = subcategory
             rows.append(row)
     return Parsed(rows, {}, {g: list(m) for g, m in GROUPS.items()}, bad)
 
@@ -89,12 +120,20 @@ _PROMPT = (
 )
 
 
-def dimensions_of(subcategory: str) -> list[str]:
-    return DIMENSIONS[ANSWER_TYPES.get(subcategory, "事实与解释型回答")]
+# A subcategory AlignBench's mapping does not list takes its category's answer type.
+CATEGORY_TYPES = {"数学计算": "逻辑推理型回答", "逻辑推理": "逻辑推理型回答", "文本写作": "生成型回答",
+                  "角色扮演": "生成型回答", "综合问答": "建议型回答"}
+
+
+def dimensions_of(subcategory: str, category: str = "") -> list[str]:
+    """The judged dimensions: by the subcategory's answer type (AlignBench's
+    subcategory mapping), else by the category's."""
+    kind = ANSWER_TYPES.get(subcategory) or CATEGORY_TYPES.get(category, "事实与解释型回答")
+    return DIMENSIONS[kind]
 
 
 def judge_messages(question: str, answer: str, reference: str, category: str, subcategory: str) -> list[dict]:
-    dims = dimensions_of(subcategory)
+    dims = dimensions_of(subcategory, category)
     listing = "".join(f"{i + 1}. {d}：{DEFINITIONS[d]}\n" for i, d in enumerate(dims))
     if reference:
         kw = {"reference_note": "我们会给出用户的提问、一份高质量的参考答案和需要你评价的AI助手的答案。",
