@@ -33,6 +33,7 @@ def cmd_run(ns) -> int:
         print(describe(plan, Store(cfg.work_dir).finished_keys() if cfg.resume else set()))
         return 1 if any(d.error for d in plan.datasets) else 0
 
+    from raveval.http.keys import MissingApiKey
     from raveval.results.lock import WorkDirLocked
     from raveval.results.summary import markdown
     from raveval.run.evaluate import run, shutdown
@@ -45,8 +46,8 @@ def cmd_run(ns) -> int:
     except WorkDirLocked as e:  # another run holds the work_dir: one line, nothing touched
         print(f"raveval: {e}", file=sys.stderr)
         return 1
-    except ModelStartError as e:  # the model could not start: Serve's reason, or what it waited for
-        print(f"raveval: {e}", file=sys.stderr)
+    except (ModelStartError, MissingApiKey) as e:  # the model could not start (Serve's reason, what it
+        print(f"raveval: {e}", file=sys.stderr)      # waited for), or its API key is not set here
         return 1
     except BaseException as e:
         signum = _signal_of(e)
