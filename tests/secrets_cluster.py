@@ -8,7 +8,8 @@ The head (1 CPU, dashboard on) and one worker node (2 CPUs) are started before
 the key is in this process's environment, so no Ray process has it; then the
 key variable is set for the driver only, and a small judged run goes against
 BASE_URL: an API model (engine openai, 2 CPUs a replica, so it lands on the
-worker) and a judge, both on that endpoint with that key. Prints one line
+worker) and a judge, both on that endpoint with that key; the judge callers
+are placed on the worker too. Prints one line
 `RESULT {json}`: the judgements, where the actors ran, whether any node's
 environment had the key, and the text that the state API, the dashboard's
 Serve and job views and Serve's status show (when judging starts, with the
@@ -92,10 +93,11 @@ def shown_text(dashboard_url: str) -> dict[str, str]:
         with urllib.request.urlopen(dashboard_url + path, timeout=30) as r:
             return r.read().decode("utf-8", "replace")
 
+    # The address always: other Rays on the machine would make "auto" ambiguous.
     return {
-        "actors": repr(list_actors(detail=True, limit=10000, raise_on_missing_output=False)),
-        "tasks": repr(list_tasks(detail=True, limit=10000, raise_on_missing_output=False)),
-        "jobs": repr(list_jobs(detail=True, raise_on_missing_output=False)),
+        "actors": repr(list_actors(address=dashboard_url, detail=True, limit=10000, raise_on_missing_output=False)),
+        "tasks": repr(list_tasks(address=dashboard_url, detail=True, limit=10000, raise_on_missing_output=False)),
+        "jobs": repr(list_jobs(address=dashboard_url, detail=True, raise_on_missing_output=False)),
         "dashboard /api/jobs/": get("/api/jobs/"),
         "dashboard /api/serve/applications/": get("/api/serve/applications/"),
         "serve status": repr(serve.status()),
@@ -107,18 +109,24 @@ def main(tmp: Path, base_url: str) -> None:
     assert key and KEY_ENV not in os.environ
     import ray
     from ray.cluster_utils import Cluster
+    from ray.data import DataContext
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.util.state import list_actors
 
     from raveval.run.config import load_config
     from raveval.run.evaluate import run, shutdown
 
-    dash_port = free_port()
+    # The dashboard's port unset: Ray then tries the next one while one is taken (other Rays may run here).
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash_port,
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_agent_listen_port": free_port()})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes(timeout=120)
     # Every Ray process of the cluster is up: from now on only this driver has the key.
     os.environ[KEY_ENV] = key
+    # Ray Data's actors (judge and model callers) on the worker node: they take no
+    # resources, so nothing else would keep them off the driver's node.
+    DataContext.get_current().scheduling_strategy = NodeAffinitySchedulingStrategy(worker.node_id, soft=False)
     report: dict = {"worker_node": worker.node_id, "head_node": cluster.head_node.node_id}
     try:
         cfg = load_config(str(write_run(tmp, base_url)), [f"ray_address={cluster.address}"])
@@ -129,7 +137,8 @@ def main(tmp: Path, base_url: str) -> None:
             if str(a[0]).startswith("judging:"):  # the model's Serve app runs until the run ends
                 shown.update({f"{k} (judging starts)": v for k, v in shown_text(dashboard).items()})
 
-        dashboard = f"http://127.0.0.1:{dash_port}"
+        assert cluster.head_node.webui_url, "the dashboard did not start"
+        dashboard = f"http://{cluster.head_node.webui_url}"
         t0 = time.monotonic()
         result = run(cfg, log=log)
         report["run_s"] = round(time.monotonic() - t0, 1)
@@ -139,9 +148,7 @@ def main(tmp: Path, base_url: str) -> None:
         judged = pq.read_table(Path(cfg.work_dir) / "judgements").to_pylist()
         report["judgements"] = [{"key": r["key"], "error": r["error"], "verdict": r["verdict"]} for r in judged]
         report["env_has_key"] = env_has_key_on_each_node()
-        from ray.util.state import list_actors
-
-        actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
+        actors = list_actors(address=dashboard, detail=True, limit=10000, raise_on_missing_output=False)
         report["actor_nodes"] = {}
         for a in actors:
             kind = ("judge" if "JudgeCaller" in (a.repr_name or "") else

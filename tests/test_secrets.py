@@ -72,9 +72,9 @@ def test_key_reaches_actors_on_other_nodes_and_is_shown_nowhere():
 
         # No Ray process had the key in its environment ...
         assert rep["env_has_key"] and not any(rep["env_has_key"].values()), rep["env_has_key"]
-        # ... and the API model's replica on the worker node, and every judge caller, sent it.
+        # ... and the API model's replica and the judge callers, on the worker node, sent it.
         assert set(rep["actor_nodes"]["model"]) == {rep["worker_node"]}, rep["actor_nodes"]
-        assert rep["worker_node"] in rep["actor_nodes"]["judge"], rep["actor_nodes"]
+        assert set(rep["actor_nodes"]["judge"]) == {rep["worker_node"]}, rep["actor_nodes"]
         assert len(rep["predictions"]) == 4 and all(p["error"] is None for p in rep["predictions"]), rep["predictions"]
         assert len(rep["judgements"]) == 8 and all(j["error"] is None and j["verdict"] for j in rep["judgements"]), \
             rep["judgements"]
