@@ -46,8 +46,8 @@ def cmd_run(ns) -> int:
     except WorkDirLocked as e:  # another run holds the work_dir: one line, nothing touched
         print(f"raveval: {e}", file=sys.stderr)
         return 1
-    except (ModelStartError, MissingApiKey) as e:  # the model could not start (Serve's reason, what it
-        print(f"raveval: {e}", file=sys.stderr)      # waited for), or its API key is not set here
+    except (ModelStartError, MissingApiKey) as e:  # the model could not start, or its API key is not set here
+        print(f"raveval: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
         signum = _signal_of(e)
