@@ -7,8 +7,10 @@ import asyncio
 import time
 
 import pytest
+from pydantic import SecretStr
 
-from raveval.http.client import ChatClient, MissingApiKey, RequestFailed
+from raveval.http.client import ChatClient, RequestFailed
+from raveval.http.keys import MissingApiKey, read_key
 from raveval.http.limiter import make_limiter
 from fake_judge import FakeChatServer
 from raveval.config.schema import EndpointConfig
@@ -20,9 +22,9 @@ def endpoint(server, **kw) -> EndpointConfig:
                           retry=retry, **kw)
 
 
-def run_requests(cfg, n: int, max_tokens: int = 16):
+def run_requests(cfg, n: int, max_tokens: int = 16, api_key=None):
     async def main():
-        client = ChatClient(cfg, make_limiter(cfg, shared=False))
+        client = ChatClient(cfg, make_limiter(cfg, shared=False), api_key=api_key)
 
         async def one(i):
             try:
@@ -109,14 +111,21 @@ def test_api_key_is_sent_and_never_shown(monkeypatch):
     with FakeChatServer(api_key=secret) as srv:
         monkeypatch.setenv("RAVEVAL_TEST_KEY", secret)
         cfg = endpoint(srv, api_key_env="RAVEVAL_TEST_KEY")
-        [ok] = run_requests(cfg, 1)
+        key = read_key(cfg, "judge j")
+        [ok] = run_requests(cfg, 1, api_key=key)
         assert not isinstance(ok, Exception)
-        client = ChatClient(cfg)
-        assert secret not in repr(client) and secret not in repr(cfg) and secret not in cfg.model_dump_json()
-        monkeypatch.setenv("RAVEVAL_TEST_KEY", "sk-wrong-key")
-        [bad] = run_requests(cfg, 1)
+        client = ChatClient(cfg, api_key=key)
+        shown = [repr(client), repr(cfg), cfg.model_dump_json(), repr(key), str(key), f"{key}", repr({"j": key})]
+        assert not any(secret in s for s in shown)
+        [bad] = run_requests(cfg, 1, api_key=SecretStr("sk-wrong-key"))
         assert isinstance(bad, RequestFailed) and bad.status == 401 and bad.retries == 0  # not retried
         assert "sk-wrong-key" not in bad.reason
+        # The key is what the client was given, not what its own environment says.
         monkeypatch.delenv("RAVEVAL_TEST_KEY")
+        [again] = run_requests(cfg, 1, api_key=key)
+        assert not isinstance(again, Exception)
         with pytest.raises(MissingApiKey, match="RAVEVAL_TEST_KEY"):
-            ChatClient(cfg)
+            ChatClient(cfg)  # an endpoint that takes a key, and none was handed over
+        with pytest.raises(MissingApiKey, match=r"^environment variable RAVEVAL_TEST_KEY \(api_key_env of judge j\)"):
+            read_key(cfg, "judge j")
+    assert read_key(endpoint(srv), "judge j") is None  # an endpoint without a key

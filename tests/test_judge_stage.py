@@ -41,7 +41,7 @@ def stream(reqs, endpoints, work, **settings):
     for cfg in endpoints.values():
         ensure_shared_limiter(EndpointConfig.model_validate(cfg))
     store = Store(work, JUDGEMENTS)
-    stats = judge_stream(reqs, endpoints, store, StreamConfig(**settings), log=lambda *_: None)
+    stats = judge_stream(reqs, endpoints, {}, store, StreamConfig(**settings), log=lambda *_: None)
     return stats, store.read().to_pylist()
 
 

@@ -17,9 +17,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from raveval.config.schema import DatasetConfig, Strict
+from raveval.config.schema import DatasetConfig, EndpointConfig, Strict
 
 # A prompt is plain text, or chat messages the engine renders with the
 # model's own chat template.
@@ -148,6 +148,11 @@ class ModelConfig(Strict):
         """More lines for `--dry-run` about this engine's settings."""
         return []
 
+    def endpoint(self) -> Optional[EndpointConfig]:
+        """The API endpoint the engine calls, if any: the driver reads its key and
+        hands it to the replicas (`build_engine(api_key)`), which may run on nodes without it."""
+        return None
+
     def missing_weights(self) -> Optional[str]:
         """Why `path` cannot be loaded on this machine, for a path that is plainly a
         local one (absolute, ./, ../, ~) and is not there; None otherwise (a hub id,
@@ -160,5 +165,6 @@ class ModelConfig(Strict):
         return None
 
     @abstractmethod
-    def build_engine(self) -> Engine:
-        """The engine (imports its backend: torch, vllm, lmdeploy, ...)."""
+    def build_engine(self, api_key: Optional[SecretStr] = None) -> Engine:
+        """The engine (imports its backend: torch, vllm, lmdeploy, ...). `api_key`:
+        the key of `endpoint()`, read by the driver (None for engines without one)."""

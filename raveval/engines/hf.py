@@ -22,7 +22,7 @@ from raveval.engines.tokens import Tokens, plan_ll, resolve_model_path
 class HFModelConfig(ModelConfig):
     engine: Literal["hf"] = "hf"
 
-    def build_engine(self) -> HFEngine:
+    def build_engine(self, api_key=None) -> HFEngine:  # no API, no key
         return HFEngine(self)
 
 

@@ -151,7 +151,7 @@ class LMDeployModelConfig(ModelConfig):
         if d.generation.temperature > MAX_TEMPERATURE:
             raise ValueError(f"datasets.{name}.generation.temperature: LMDeploy takes at most {MAX_TEMPERATURE:g}")
 
-    def build_engine(self) -> LMDeployEngine:
+    def build_engine(self, api_key=None) -> LMDeployEngine:  # no API, no key
         return LMDeployEngine(self)
 
 

@@ -2,13 +2,16 @@
 
 It uses the judges' HTTP client (aiohttp, retries with backoff, Retry-After)
 and the endpoint's cluster-wide limiter, so an API model and a judge on the
-same endpoint and key share one budget. Generation only: a chat API gives no
+same endpoint and key share one budget; the key comes from the driver (the
+replica's node need not have it). Generation only: a chat API gives no
 log-likelihoods of given continuations, so `mode: ll` is rejected when the
 config is validated; `loglikelihood` raises if it is called anyway.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
+
+from pydantic import SecretStr
 
 from raveval.config.schema import DatasetConfig, EndpointConfig
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, ModelConfig, Prompt
@@ -34,19 +37,22 @@ class OpenAIModelConfig(ModelConfig):
     def missing_weights(self) -> None:
         return None  # no weights: `path` is a label
 
-    def build_engine(self) -> OpenAIEngine:
-        return OpenAIEngine(self)
+    def endpoint(self) -> EndpointConfig:
+        return self.api
+
+    def build_engine(self, api_key: Optional[SecretStr] = None) -> OpenAIEngine:
+        return OpenAIEngine(self, api_key)
 
 
 class OpenAIEngine(Engine):
     supports_choices = True  # sent as structured_outputs.choice (vLLM-style servers)
 
-    def __init__(self, cfg: OpenAIModelConfig):
+    def __init__(self, cfg: OpenAIModelConfig, api_key: Optional[SecretStr] = None):
         from raveval.http.client import ChatClient
         from raveval.http.limiter import make_limiter
 
         self.cfg = cfg
-        self.client = ChatClient(cfg.api, make_limiter(cfg.api))
+        self.client = ChatClient(cfg.api, make_limiter(cfg.api), api_key=api_key)
 
     async def generate(self, prompt: Prompt, params: GenParams) -> GenOutput:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]

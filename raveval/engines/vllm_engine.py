@@ -192,7 +192,7 @@ class VLLMModelConfig(ModelConfig):
                 + " ".join(f"{k}={v}" for k, v in self.vllm.model_dump().items())
                 + (f" engine_args={redact(self.engine_args)}" if self.engine_args else "")]
 
-    def build_engine(self) -> VLLMEngine:
+    def build_engine(self, api_key=None) -> VLLMEngine:  # no API, no key
         return VLLMEngine(self)
 
 

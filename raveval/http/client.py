@@ -12,21 +12,24 @@ a 429's Retry-After (seconds, HTTP date, or `retry-after-ms`) is honoured.
 Other 4xx fail at once. A request whose retries are exhausted raises
 `RequestFailed` with the reason; callers turn it into an error row.
 
-The API key is read from the environment variable the config names; it is
-kept in the session's headers only, never in a message, a repr or a log.
+The API key is handed over by whoever builds the client (the driver reads it,
+raveval.http.keys); it is kept in the session's headers only, never in a
+message, a repr or a log.
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import aiohttp
+from pydantic import SecretStr
+
+from raveval.http.keys import MissingApiKey
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -39,10 +42,6 @@ class RequestFailed(Exception):
         self.reason = reason
         self.retries = retries
         self.status = status
-
-
-class MissingApiKey(ValueError):
-    pass
 
 
 @dataclass
@@ -89,20 +88,20 @@ def _snippet(raw: bytes, n: int = 200) -> str:
 
 
 class ChatClient:
-    def __init__(self, cfg, limiter=None, max_concurrent: Optional[int] = None):
+    def __init__(self, cfg, limiter=None, max_concurrent: Optional[int] = None, api_key: Optional[SecretStr] = None):
         """`cfg`: an EndpointConfig. `limiter`: LocalLimiter / RemoteLimiter (None: no limit).
-        `max_concurrent`: overrides cfg.max_concurrent (the stage splits it across its actors)."""
+        `max_concurrent`: overrides cfg.max_concurrent (the stage splits it across its actors).
+        `api_key`: the key of cfg.api_key_env, as the driver read it (raveval.http.keys.read_key)."""
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.limiter = limiter
         self.max_concurrent = max_concurrent or cfg.max_concurrent
         self._headers = {"Content-Type": "application/json"}
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env)
-            if not key:
-                raise MissingApiKey(f"environment variable {cfg.api_key_env} (api_key_env of endpoint "
-                                    f"{cfg.base_url}) is not set in this process")
-            self._headers["Authorization"] = f"Bearer {key}"
+        if cfg.api_key_env and api_key is None:
+            raise MissingApiKey(f"endpoint {cfg.base_url} needs the key of {cfg.api_key_env}, and none was handed "
+                                "to this client")
+        if api_key is not None:
+            self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
         self._session: Optional[aiohttp.ClientSession] = None
         self._loop = None
         self._sem: Optional[asyncio.Semaphore] = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from raveval.config.compose import config_yaml
+from raveval.http.keys import MissingApiKey, read_key
 from raveval.http.limiter import ensure_shared_limiter
 from raveval.results.lock import WorkDirLock
 from raveval.results.store import JUDGEMENTS, Store
@@ -56,10 +57,12 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     missing = cfg.ray_address == "local" and cfg.model.missing_weights()
     if missing:
         raise ModelStartError(f"model {cfg.model.name}: {missing}")
+    # The driver reads the API model's key (engine openai) and hands it to the replicas.
+    api_key = read_key(cfg.model.endpoint(), f"model {cfg.model.name}")
     start_ray(cfg)
     check_resources(cfg.model, local=cfg.ray_address == "local")
     ms = cfg.model_stream
-    app = deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id)
+    app = deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id, api_key=api_key)
     log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
     need = f"{cfg.model.replicas} x ({cfg.model.resources().describe()})"
     ready = watch_ready(app, log, cfg.startup_timeout_s, need)
@@ -127,9 +130,14 @@ def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
     jstore = Store(store.work, JUDGEMENTS)
     finished = jstore.finished_keys() if cfg.resume else set()
     pending = [r for r in reqs if r.key not in finished]
-    # Endpoints whose key is not set here cannot be asked: their rows fail with that reason.
-    missing_key = {n: f"environment variable {e.api_key_env} (api_key_env of judge {n}) is not set"
-                   for n, e in cfg.judges.items() if e.api_key_env and not os.environ.get(e.api_key_env)}
+    # The driver reads each judge's key once and hands it to the callers (they may run on
+    # nodes without it). Endpoints whose key is not set here cannot be asked: their rows fail with that reason.
+    api_keys, missing_key = {}, {}
+    for n in sorted({r.endpoint for r in pending}):
+        try:
+            api_keys[n] = read_key(cfg.judges[n], f"judge {n}")
+        except MissingApiKey as e:
+            missing_key[n] = str(e)
     failed = [(r, r.pre_error or missing_key.get(r.endpoint)) for r in pending]
     failed = [(r, why) for r, why in failed if why]
     todo = [r for r in pending if not r.pre_error and r.endpoint not in missing_key]
@@ -143,7 +151,8 @@ def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
         used = sorted({r.endpoint for r in todo})
         for name in used:
             ensure_shared_limiter(cfg.judges[name])  # owned by the driver: one budget for the whole run
-        s = judge_stream(todo, {n: cfg.judges[n].model_dump() for n in used}, jstore, cfg.judge_stream, log=log)
+        s = judge_stream(todo, {n: cfg.judges[n].model_dump() for n in used},
+                         {n: api_keys[n] for n in used if api_keys[n] is not None}, jstore, cfg.judge_stream, log=log)
         stats.update(judged=s["judged"], judge_errors=stats["judge_errors"] + s["judge_errors"],
                      judge_wall_s=s["judge_wall_s"])
     return stats

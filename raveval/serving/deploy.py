@@ -9,7 +9,9 @@ import json
 import re
 import threading
 import time
+from typing import Optional
 
+from pydantic import SecretStr
 from ray import serve
 
 from raveval.engines import ModelConfig
@@ -41,10 +43,12 @@ def app_name(cfg: ModelConfig, run_id: str) -> str:
     return f"raveval-{run_id}"
 
 
-def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str) -> str:
+def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str, api_key: Optional[SecretStr] = None) -> str:
     """Start (or update) the run's Serve app for the model without waiting for its
     replicas (the Data callers start meanwhile and wait for the app in
-    `wait_ready`); returns the app's name."""
+    `wait_ready`); returns the app's name. `api_key`: the key of `cfg.endpoint()`,
+    read by the driver; it goes to the replicas as an init argument, which Serve
+    keeps pickled and shows nowhere (user_config and actor options are shown)."""
     opts = deployment_options(cfg, max_ongoing)
     # Deploying the same model again in the same run (a second stream, e.g.
     # MT-Bench's turn 2) keeps the running replicas: Serve would otherwise
@@ -59,7 +63,7 @@ def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str) -> str:
     # An HTTP route only when asked for (the OpenAI-compatible route, e.g. for a local judge).
     # Only the keys the user set: the replica validates them again, and checks of
     # the form "set explicitly" (num_gpus, dtype) must see the same config.
-    target = serve.RunTarget(dep.bind(cfg.model_dump(exclude_unset=True)), name=app, route_prefix=cfg.http_route)
+    target = serve.RunTarget(dep.bind(cfg.model_dump(exclude_unset=True), api_key), name=app, route_prefix=cfg.http_route)
     serve.run_many([target], wait_for_applications_running=False)
     _deployed[app] = fingerprint
     return app

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Optional
+
+from pydantic import SecretStr
 
 from raveval.engines import GenParams, parse_model
 from raveval.serving.openai_route import chat_completions
@@ -17,9 +20,10 @@ from raveval.tasks.request import decode_prompt
 
 
 class ModelReplica:
-    def __init__(self, model_cfg: dict):
+    def __init__(self, model_cfg: dict, api_key: Optional[SecretStr] = None):
+        """`api_key`: the key of the model's API endpoint (engine openai), read by the driver."""
         self.cfg = parse_model(model_cfg)
-        self.engine = self.cfg.build_engine()
+        self.engine = self.cfg.build_engine(api_key)
 
     async def run_batch(self, requests: list[dict]) -> list[dict]:
         return await asyncio.gather(*(self._run_one(r) for r in requests))

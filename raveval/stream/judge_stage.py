@@ -3,7 +3,9 @@ to the judge endpoints (OpenAI-compatible HTTP), and come back as judgements.
 
 Each caller actor holds one `ChatClient` per endpoint (one aiohttp session,
 connections reused) and takes its slots from the endpoint's shared limiter
-actor, so all callers together keep one budget. A row whose retries are
+actor, so all callers together keep one budget. The endpoints' keys come
+from the driver as constructor arguments (raveval.http.keys): a caller on
+another node has no key in its environment. A row whose retries are
 exhausted, or whose verdict does not parse, is an error row with the reason;
 the raw judge text is kept whenever there was one.
 """
@@ -15,6 +17,7 @@ import math
 import time
 
 import pyarrow as pa
+from pydantic import SecretStr
 
 from raveval.config.schema import EndpointConfig, StreamConfig
 from raveval.stream.stage import Caller, Stage, append_results, pool_size
@@ -43,8 +46,9 @@ class JudgeCaller(Caller):
     inputs = ["endpoint", "messages", "max_tokens", "temperature", "guided", "parser", "order"]
     outputs = JUDGE_RESULT_SCHEMA
 
-    def __init__(self, endpoints: dict[str, dict], callers: int = 1):
+    def __init__(self, endpoints: dict[str, dict], api_keys: dict[str, SecretStr], callers: int = 1):
         self.cfgs = {n: EndpointConfig.model_validate(c) for n, c in endpoints.items()}
+        self.api_keys = api_keys
         self.callers = max(1, callers)
         self.clients: dict = {}
 
@@ -55,7 +59,8 @@ class JudgeCaller(Caller):
 
             cfg = self.cfgs[name]
             # The endpoint's max_concurrent is shared out among the callers.
-            self.clients[name] = ChatClient(cfg, make_limiter(cfg), math.ceil(cfg.max_concurrent / self.callers))
+            self.clients[name] = ChatClient(cfg, make_limiter(cfg), math.ceil(cfg.max_concurrent / self.callers),
+                                            self.api_keys.get(name))
         return self.clients[name]
 
     def __del__(self):
@@ -89,12 +94,13 @@ def error_rows(requests: list[JudgeRequest], reasons: list[str]) -> pa.Table:
     return append_results(to_table(requests), [{"error": why, "retries": 0} for why in reasons], JUDGE_RESULT_SCHEMA)
 
 
-def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], store, settings: StreamConfig,
-                 log=print) -> dict:
-    """Stream judge requests through the caller actors; write each finished batch to `store`."""
+def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_keys: dict[str, SecretStr], store,
+                 settings: StreamConfig, log=print) -> dict:
+    """Stream judge requests through the caller actors; write each finished batch to `store`.
+    `api_keys`: the key of each endpoint that takes one, by endpoint name (read by the driver)."""
     t0 = time.perf_counter()
     callers = pool_size(len(requests), settings)
-    stage = Stage("judge", JudgeCaller, {"endpoints": endpoints, "callers": callers}, settings)
+    stage = Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers}, settings)
     written = errors = 0
     batches = stage.run(to_table(requests))
     try:

@@ -51,7 +51,7 @@ def run_stage(cfg: EndpointConfig, reqs: list[dict], work: str, callers: int, ma
     ensure_shared_limiter(cfg)
     marks["stage_start"] = time.monotonic()
     store = Store(work, JUDGEMENTS)
-    judge_stream(reqs, {"bench": cfg.model_dump()}, store, StreamConfig(batch_rows=16, callers=callers,
+    judge_stream(reqs, {"bench": cfg.model_dump()}, {}, store, StreamConfig(batch_rows=16, callers=callers,
                                                                            calls_per_caller=4), log=lambda *_: None)
     rows = store.read(columns=["key", "error"]).to_pylist()
     return len(rows), sum(r["error"] is not None for r in rows)
