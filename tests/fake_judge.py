@@ -172,7 +172,8 @@ class FakeChatServer:
     # ---- the route ------------------------------------------------------
     def _record(self, request, outcome: str, body: Optional[dict], t: float) -> None:
         with self._lock:
-            self.log.append({"t": t, "outcome": outcome, "conn": id(request.transport), "body": body})
+            self.log.append({"t": t, "outcome": outcome, "conn": id(request.transport), "body": body,
+                             "headers": dict(request.headers)})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         t = time.monotonic()

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import yaml
 
-from raveval.config.compose import PACKAGE_ROOT, ConfigError, list_configs, config_yaml, redact
+from raveval.config.compose import PACKAGE_ROOT, ConfigError, config_yaml, list_configs
 
 from raveval.run.config import load_config
 
@@ -104,13 +104,26 @@ def test_missing_config_file_is_named(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
 
 
-def test_saved_config_has_secrets_redacted(tmp_path):
-    cfg = load_config("demo", ["model.engine_args={api_key: sk-123, hf_token: abc, revision: main}"])
+def test_saved_config_hides_typed_secrets(tmp_path, monkeypatch):
+    """Secrets are typed: every header value of an endpoint, and credentials in a base_url,
+    whatever their names; the names of key variables and token counts stay."""
+    monkeypatch.setenv("AZURE_KEY", "az-secret-1")
+    cfg = load_config("demo", [
+        "model=gpt4o_mini_api", "datasets=[demo_gsm8k_gen]",
+        "model.api.base_url='https://alice:pw-secret-2@llm.example.com/v1?key=q-secret-3'",
+        "++model.api.headers={api-key: ${oc.env:AZURE_KEY}, x-api-key: x-secret-4, key: k-secret-5, "
+        "Authorization: Bearer b-secret-6}"])
+    assert cfg.model.api.headers["api-key"].get_secret_value() == "az-secret-1"  # the program has the value
+    assert cfg.model.api.base_url.startswith("https://alice:pw-secret-2@")
     text = config_yaml(cfg)
-    assert "sk-123" not in text and "abc" not in text
+    assert "secret" not in text and "alice" not in text, text
     saved = yaml.safe_load(text)
-    assert saved["model"]["engine_args"] == {"api_key": "***", "hf_token": "***", "revision": "main"}
-    assert redact({"a": [{"password": "p"}], "token_env": ""}) == {"a": [{"password": "***"}], "token_env": ""}
+    assert saved["model"]["api"]["headers"] == dict.fromkeys(["api-key", "x-api-key", "key", "Authorization"], "**********")
+    assert saved["model"]["api"]["base_url"] == "https://***@llm.example.com/v1?key=***"
+    assert saved["model"]["api"]["api_key_env"] == "OPENAI_API_KEY"
+    assert saved["model"]["api"]["tokens_per_minute"] == 200000
+    shown = repr(cfg) + str(cfg.model.api.headers)  # header values hide in reprs too
+    assert not any(s in shown for s in ("az-secret-1", "x-secret-4", "k-secret-5", "b-secret-6"))
 
 
 def test_list_matches_all_words():

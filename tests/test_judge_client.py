@@ -9,6 +9,7 @@ import time
 import pytest
 from pydantic import SecretStr
 
+from raveval.config.secrets import redacted
 from raveval.http.client import ChatClient, RequestFailed
 from raveval.http.keys import MissingApiKey, read_key
 from raveval.http.limiter import make_limiter
@@ -104,6 +105,23 @@ def test_token_budget_paces_by_tokens():
     # Booked: estimates up front, corrected to the usage afterwards; one second of burst.
     assert wall >= (used - tpm / 60) / (tpm / 60) * 0.9
     assert wall < 30
+
+
+def test_header_secrets_and_url_credentials_are_sent_and_never_shown():
+    """`headers` values (typed secrets) go out as given; a base_url with a user and a
+    query key works as given; neither shows in reprs or dumps."""
+    with FakeChatServer() as srv:
+        url = srv.base_url.replace("http://", "http://bob:pw-7a7a@") + "?key=q-7b7b"
+        cfg = EndpointConfig(base_url=url, model="judge", timeout_s=2.0, headers={"api-key": "h-7c7c", "x-api-key": "h-7d7d"})
+        [ok] = run_requests(cfg, 1)
+        assert not isinstance(ok, Exception), ok
+        sent = srv.log[-1]["headers"]
+        assert sent["api-key"] == "h-7c7c" and sent["x-api-key"] == "h-7d7d"
+        assert sent["Authorization"].startswith("Basic ")  # aiohttp sends the URL's user as basic auth
+        assert not any(s in repr(ChatClient(cfg)) for s in ("pw-7a7a", "q-7b7b", "h-7c7c", "h-7d7d"))
+        assert not any(s in text for s in ("h-7c7c", "h-7d7d") for text in (repr(cfg), cfg.model_dump_json()))
+        saved = str(redacted(cfg))
+        assert not any(s in saved for s in ("bob", "pw-7a7a", "q-7b7b", "h-7c7c", "h-7d7d"))
 
 
 def test_api_key_is_sent_and_never_shown(monkeypatch):

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import SHARED_DATA
-from raveval.config.compose import ConfigError, redact
+from raveval.config.compose import ConfigError
+from raveval.config.secrets import public_url
 from raveval.run.config import load_config
 from raveval.tasks import judging as tasks, verdicts as parse
 from raveval.tasks.benchmarks import alignbench, alpacaeval, mt_bench
@@ -230,11 +231,11 @@ def test_api_model_rejects_ll_datasets_at_config_time():
     assert cfg.model.api.api_key_env == "OPENAI_API_KEY"
 
 
-def test_secrets_redacted_but_not_key_names_or_token_counts():
-    out = redact({"api_key_env": "OPENAI_API_KEY", "tokens_per_minute": 5, "max_new_tokens": 8,
-                  "api_key": "sk-1", "hf_token": "x", "Authorization": "Bearer y"})
-    assert out == {"api_key_env": "OPENAI_API_KEY", "tokens_per_minute": 5, "max_new_tokens": 8,
-                   "api_key": "***", "hf_token": "***", "Authorization": "***"}
+def test_public_url_leaves_out_credentials():
+    assert public_url("https://user:pw@api.example.com:8443/v1?key=AIza123&x=1") == \
+        "https://***@api.example.com:8443/v1?key=***&x=***"
+    assert public_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert public_url("results/demo") == "results/demo"
 
 
 def test_judged_dataset_checks(tmp_path):

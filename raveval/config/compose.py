@@ -8,14 +8,14 @@ the key and the file (or override) it came from, before any work starts.
 """
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import TypeVar
 
 import yaml
 from omegaconf import OmegaConf
 from pydantic import BaseModel, Discriminator, ValidationError
+
+from raveval.config.secrets import redacted
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,9 +24,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the raveval package
 PACKAGE_CONF = next((d for d in (PACKAGE_ROOT / "conf", PACKAGE_ROOT.parent / "conf") if d.is_dir()), PACKAGE_ROOT / "conf")
 DEFAULT_CONFIG = "demo"
 GROUPS = ("model", "datasets", "judges")
-# A key whose last word names a secret (hf_token, api_key, password); not
-# api_key_env (the name of a variable) nor max_new_tokens / tokens_per_minute.
-SECRET_KEY = re.compile(r"(^|_)(api_?key|secret_?key|access_?key|token|secret|password|authorization)$", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -207,18 +204,9 @@ def validate(data: dict, sources: dict, schema: type[M], moved: dict[str, str] |
     return result
 
 
-def redact(node):
-    """Copy of a config dict with every secret-looking value replaced."""
-    if isinstance(node, dict):
-        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [redact(v) for v in node]
-    return node
-
-
 def config_yaml(cfg: BaseModel) -> str:
-    """The config as saved beside the results: YAML with secrets redacted."""
-    return yaml.safe_dump(redact(json.loads(cfg.model_dump_json())), sort_keys=False, allow_unicode=True)
+    """The config as saved beside the results: YAML with its typed secrets hidden."""
+    return yaml.safe_dump(redacted(cfg), sort_keys=False, allow_unicode=True)
 
 
 def list_configs(words: str | list[str]) -> dict[str, list[str]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from raveval.config.secrets import Url
 
 
 class Strict(BaseModel):
@@ -55,10 +57,15 @@ class RetryConfig(Strict):
 class EndpointConfig(Strict):
     """An OpenAI-compatible chat endpoint: an LLM judge, or an API model under test."""
     # The client posts to {base_url}/chat/completions, e.g. https://api.openai.com/v1.
-    base_url: str
+    # Credentials in it (user:password@, ?key=) are left out wherever the config is saved or printed.
+    base_url: Url
     model: str
-    # Name of the environment variable that holds the API key (the key itself is never in a config).
+    # Name of the environment variable that holds the API key, sent as `Authorization: Bearer`
+    # (the key itself is never in a config).
     api_key_env: Optional[str] = None
+    # More HTTP headers, every value a secret (e.g. {api-key: ${oc.env:AZURE_OPENAI_KEY}} for
+    # Azure, {x-api-key: ...}): sent as given, shown as ********** wherever saved or printed.
+    headers: dict[str, SecretStr] = {}
     # One budget per endpoint, shared by every caller in the cluster; None: no limit.
     requests_per_minute: Optional[float] = Field(None, gt=0)
     tokens_per_minute: Optional[float] = Field(None, gt=0)

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from pydantic import SecretStr
 
 from raveval.config.schema import DatasetConfig, EndpointConfig
+from raveval.config.secrets import public_url
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, ModelConfig, Prompt
 
 
@@ -29,7 +30,7 @@ class OpenAIModelConfig(ModelConfig):
 
     def identity(self) -> dict:
         # The server and the model it is asked for decide every answer; so do provider options.
-        ident = {**super().identity(), "base_url": self.api.base_url.rstrip("/"), "api_model": self.api.model}
+        ident = {**super().identity(), "base_url": public_url(self.api.base_url).rstrip("/"), "api_model": self.api.model}
         if self.api.extra_body:
             ident["extra_body"] = self.api.extra_body
         return ident

@@ -186,11 +186,9 @@ class VLLMModelConfig(ModelConfig):
         return ident
 
     def describe(self) -> list[str]:
-        from raveval.config.compose import redact
-
         return [f"  vllm: device={self.device} max_model_len={self.max_model_len} "
                 + " ".join(f"{k}={v}" for k, v in self.vllm.model_dump().items())
-                + (f" engine_args={redact(self.engine_args)}" if self.engine_args else "")]
+                + (f" engine_args={self.engine_args}" if self.engine_args else "")]
 
     def build_engine(self, api_key=None) -> VLLMEngine:  # no API, no key
         return VLLMEngine(self)

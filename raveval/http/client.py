@@ -23,12 +23,14 @@ import email.utils
 import json
 import random
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Optional
 
 import aiohttp
 from pydantic import SecretStr
 
+from raveval.config.secrets import public_url
 from raveval.http.keys import MissingApiKey
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -93,22 +95,25 @@ class ChatClient:
         `max_concurrent`: overrides cfg.max_concurrent (the stage splits it across its actors).
         `api_key`: the key of cfg.api_key_env, as the driver read it (raveval.http.keys.read_key)."""
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        u = urllib.parse.urlsplit(cfg.base_url)  # a query (?key=...) stays after the path
+        self.url = urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/") + "/chat/completions"))
+        self.shown_url = public_url(self.url)  # what messages say: no credentials
         self.limiter = limiter
         self.max_concurrent = max_concurrent or cfg.max_concurrent
         self._headers = {"Content-Type": "application/json"}
         if cfg.api_key_env and api_key is None:
-            raise MissingApiKey(f"endpoint {cfg.base_url} needs the key of {cfg.api_key_env}, and none was handed "
+            raise MissingApiKey(f"endpoint {public_url(cfg.base_url)} needs the key of {cfg.api_key_env}, and none was handed "
                                 "to this client")
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._headers.update({k: v.get_secret_value() for k, v in cfg.headers.items()})
         self._session: Optional[aiohttp.ClientSession] = None
         self._loop = None
         self._sem: Optional[asyncio.Semaphore] = None
         self.requests_sent = 0
 
     def __repr__(self) -> str:  # no headers: they hold the key
-        return f"ChatClient({self.url!r}, model={self.cfg.model!r})"
+        return f"ChatClient({self.shown_url!r}, model={self.cfg.model!r})"
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()

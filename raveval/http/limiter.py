@@ -30,6 +30,8 @@ import math
 import time
 from typing import Callable, Optional
 
+from raveval.config.secrets import public_url
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "raveval"
@@ -206,5 +208,5 @@ def ensure_shared_limiter(cfg):
     have = ray.get(lim.handle().limits.remote())
     if have != lim.limits:
         log.warning("judge endpoint %s: a shared limiter with other limits exists (%s); it is used as is",
-                    cfg.base_url, have)
+                    public_url(cfg.base_url), have)
     return lim

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import urllib.parse
 from typing import Optional
 
 import pyarrow.fs as pafs
+
+from raveval.config.secrets import public_url
 
 # On these a file written in one call appears whole or not at all, and a rename
 # is a copy: write in place. Elsewhere write a temp file and rename it.
@@ -31,13 +32,7 @@ def is_uri(path: str) -> bool:
 
 def display(uri: str) -> str:
     """The work_dir as messages show it: without credentials in the URI or its query."""
-    if not is_uri(uri):
-        return str(uri)
-    u = urllib.parse.urlsplit(str(uri))
-    host = u.hostname or ""
-    if u.port:
-        host += f":{u.port}"
-    return urllib.parse.urlunsplit((u.scheme, host, u.path, "", ""))
+    return public_url(uri) if is_uri(uri) else str(uri)
 
 
 class WorkDir:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raveval.config.schema import DatasetConfig
+from raveval.config.secrets import public_url
 from raveval.results.workdir import display
 from raveval.run.config import RunConfig
 from raveval.tasks import prompts
@@ -95,7 +96,7 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
         if d.cfg.judge is not None:
             j, e = d.cfg.judge, cfg.judges[d.cfg.judge.endpoint]
             vs = f" vs {j.baseline}" + (" (both orders)" if j.both_orders else "") if j.mode == "pairwise" else ""
-            lines.append(f"    judge: {j.mode}{vs} by {j.endpoint} ({e.model} at {e.base_url}; "
+            lines.append(f"    judge: {j.mode}{vs} by {j.endpoint} ({e.model} at {public_url(e.base_url)}; "
                          f"{e.requests_per_minute or 'no limit'} req/min, {e.tokens_per_minute or 'no limit'} tok/min "
                          f"for the whole cluster; {e.max_concurrent} in flight over {cfg.judge_stream.callers} callers)")
     total = len(plan.requests)
