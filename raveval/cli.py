@@ -48,6 +48,7 @@ def _dry_run(cfg, work) -> int:
 
 def _run(cfg, work, ns) -> int:
     from raveval.http.keys import MissingApiKey
+    from raveval.http.preflight import PreflightFailed
     from raveval.results.lock import WorkDirLocked
     from raveval.results.summary import markdown
     from raveval.results.workdir import WorkDirError
@@ -61,9 +62,9 @@ def _run(cfg, work, ns) -> int:
     try:
         result = run(cfg)
     # Another run holds the work_dir (nothing touched); the model could not start (Serve's
-    # reason, or what it waited for) or its API key is not set here; the work_dir cannot
-    # be read or written: one line each.
-    except (WorkDirLocked, ModelStartError, MissingApiKey, WorkDirError) as e:
+    # reason, or what it waited for) or its API key is not set here; an endpoint failed the
+    # preflight; the work_dir cannot be read or written: one line each.
+    except (WorkDirLocked, ModelStartError, MissingApiKey, PreflightFailed, WorkDirError) as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 1
     except BaseException as e:

@@ -55,6 +55,7 @@ class FakeChatServer:
         retry_after_s: float = 0.2,
         seed: int = 0,
         api_key: Optional[str] = None,
+        models: Optional[list[str]] = None,
         responder: Callable[[list[dict], dict], str] = default_responder,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -72,6 +73,7 @@ class FakeChatServer:
         self.slow_s = slow_s
         self.retry_after_s = retry_after_s
         self.api_key = api_key
+        self.models = models  # GET /v1/models lists these; None: no such route (404)
         self.responder = responder
         self.host, self.port = host, port
         self._rng = random.Random(seed)
@@ -116,6 +118,7 @@ class FakeChatServer:
     async def _start(self):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -174,6 +177,14 @@ class FakeChatServer:
         with self._lock:
             self.log.append({"t": t, "outcome": outcome, "conn": id(request.transport), "body": body,
                              "headers": dict(request.headers)})
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """The OpenAI model list (not in `log`, which counts chat requests)."""
+        if self.models is None:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         t = time.monotonic()

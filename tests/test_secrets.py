@@ -49,7 +49,9 @@ def files_with(root: Path, needle: bytes) -> tuple[list[str], int]:
 def test_key_reaches_actors_on_other_nodes_and_is_shown_nowhere():
     key = "sk-rv-" + secrets.token_hex(16)
     tmp = Path(tempfile.mkdtemp(prefix="rvk-", dir="/tmp"))  # short: Ray's socket paths
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The session's own Ray sets RAY_AUTH_MODE in this process: the cluster of the subprocess is
+    # started as a user's would be, and its dashboard read without a token.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     # The cluster's files stay in tmp; Ray writes its export events (operator arguments included).
     env.update(RAY_TMPDIR=str(tmp), PYTHONUNBUFFERED="1", RAY_enable_export_api_write="1")
     try:

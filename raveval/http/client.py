@@ -89,24 +89,36 @@ def _snippet(raw: bytes, n: int = 200) -> str:
     return text[:n] + ("..." if len(text) > n else "")
 
 
+def endpoint_url(base_url: str, path: str) -> str:
+    """`base_url` + `/path`, a query (?key=...) kept after the path."""
+    u = urllib.parse.urlsplit(base_url)
+    return urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/") + "/" + path))
+
+
+def request_headers(cfg, api_key: Optional[SecretStr]) -> dict[str, str]:
+    """The headers every request to endpoint `cfg` carries: the key the driver read
+    (as a bearer token) and the endpoint's own `headers` (secrets too)."""
+    if cfg.api_key_env and api_key is None:
+        raise MissingApiKey(f"endpoint {public_url(cfg.base_url)} needs the key of {cfg.api_key_env}, and none "
+                            "was handed to this client")
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+    headers.update({k: v.get_secret_value() for k, v in cfg.headers.items()})
+    return headers
+
+
 class ChatClient:
     def __init__(self, cfg, limiter=None, max_concurrent: Optional[int] = None, api_key: Optional[SecretStr] = None):
         """`cfg`: an EndpointConfig. `limiter`: LocalLimiter / RemoteLimiter (None: no limit).
         `max_concurrent`: overrides cfg.max_concurrent (the stage splits it across its actors).
         `api_key`: the key of cfg.api_key_env, as the driver read it (raveval.http.keys.read_key)."""
         self.cfg = cfg
-        u = urllib.parse.urlsplit(cfg.base_url)  # a query (?key=...) stays after the path
-        self.url = urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/") + "/chat/completions"))
+        self.url = endpoint_url(cfg.base_url, "chat/completions")
         self.shown_url = public_url(self.url)  # what messages say: no credentials
         self.limiter = limiter
         self.max_concurrent = max_concurrent or cfg.max_concurrent
-        self._headers = {"Content-Type": "application/json"}
-        if cfg.api_key_env and api_key is None:
-            raise MissingApiKey(f"endpoint {public_url(cfg.base_url)} needs the key of {cfg.api_key_env}, and none was handed "
-                                "to this client")
-        if api_key is not None:
-            self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
-        self._headers.update({k: v.get_secret_value() for k, v in cfg.headers.items()})
+        self._headers = request_headers(cfg, api_key)
         self._session: Optional[aiohttp.ClientSession] = None
         self._loop = None
         self._sem: Optional[asyncio.Semaphore] = None

@@ -51,6 +51,8 @@ class RunConfig(Strict):
     startup_timeout_s: float = Field(900.0, gt=0)
     # Share of rows that may end as error rows (after the in-run retries) with exit status 0.
     max_error_rate: float = Field(0.0, ge=0, le=1)
+    # Check every judge and API model the run uses before any generation (http.preflight).
+    preflight: bool = True
 
     @field_validator("work_dir")
     @classmethod

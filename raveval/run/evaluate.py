@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from raveval.config.compose import config_yaml
 from raveval.http.keys import MissingApiKey, read_key
+from raveval.http.preflight import preflight
 from raveval.http.limiter import ensure_shared_limiter
 from raveval.results.lock import WorkDirLock
 from raveval.results.store import JUDGEMENTS, Store
@@ -147,8 +148,10 @@ def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
         jstore.write_part(error_rows([r for r, _ in failed], [why for _, why in failed]))
         stats["judge_errors"] += len(failed)
     if todo:
-        start_ray(cfg)
         used = sorted({r.endpoint for r in todo})
+        if cfg.preflight:
+            _preflight(cfg, set(used), log)
+        start_ray(cfg)
         for name in used:
             ensure_shared_limiter(cfg.judges[name])  # owned by the driver: one budget for the whole run
         s = judge_stream(todo, {n: cfg.judges[n].model_dump() for n in used},
@@ -222,6 +225,9 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
     log(describe(plan, finished))
     stats = {"run_id": run_id, "rows": 0, "reused": len(plan.requests) - len(todo) - len(bad)}
     _write_bad_rows(plan, store)
+    if cfg.preflight and todo:  # judges too: they will be asked once the answers exist
+        judges = {d.cfg.judge.endpoint for d in plan.datasets if d.cfg.judge is not None and not d.error}
+        _preflight(cfg, judges, log, model=True)
     if todo:
         stats.update(model_pass(cfg, todo, store, log, run_id=run_id))
     judgements = None
@@ -259,6 +265,22 @@ def _write_submissions(plan: Plan, results: pa.Table | None, work: WorkDir) -> l
         work.write_bytes(json.dumps(make(preds), ensure_ascii=False, indent=1).encode(), "submissions", f"{d.name}.json")
         files.append(f"{work}/submissions/{d.name}.json")
     return files
+
+
+def _preflight(cfg: RunConfig, judges: set[str], log, model: bool = False) -> None:
+    """The endpoints about to be asked (the API model under test if `model`, the named
+    judges) answer, take their keys and serve their models; else one line within
+    seconds (PreflightFailed, MissingApiKey) before anything is generated or asked."""
+    endpoints = []
+    if model and cfg.model.endpoint() is not None:
+        who = f"model {cfg.model.name}"
+        endpoints.append((cfg.model.endpoint(), read_key(cfg.model.endpoint(), who), who))
+    for name in sorted(judges):
+        endpoints.append((cfg.judges[name], read_key(cfg.judges[name], f"judge {name}"), f"judge {name}"))
+    if endpoints:
+        t0 = time.perf_counter()
+        preflight(endpoints)
+        log(f"preflight: {', '.join(who for _, _, who in endpoints)} answer ({time.perf_counter() - t0:.1f}s)")
 
 
 def _write_bad_rows(plan: Plan, store: Store) -> None:
