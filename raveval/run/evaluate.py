@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -48,8 +49,10 @@ def start_ray(cfg: RunConfig) -> None:
     init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
 
 
-def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str) -> dict:
-    """Run the request rows through the model's deployment and write each finished batch."""
+def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str,
+               served: Counter) -> dict:
+    """Run the request rows through the model's deployment and write each finished
+    batch; `served` counts the rows each (node, replica) computed."""
     t0 = time.perf_counter()
     start_ray(cfg)
     check_resources(cfg.model, local=cfg.ray_address == "local")
@@ -69,6 +72,8 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
                 first_row = time.perf_counter()
             store.write_part(batch)
             written += batch.num_rows
+            served.update(w for w in zip(batch.column("node_id").to_pylist(), batch.column("replica").to_pylist())
+                          if w[1] is not None)
     except BaseException:
         batches.close()  # stops the stream's executor before anything shuts Ray down
         ready.stop = True  # before Ray goes: the watcher would start it again
@@ -84,7 +89,8 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
             "wall_s": t_end - t0, "rows_per_s": written / max(t_end - t_ready, 1e-9)}
 
 
-def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: str) -> dict:
+def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: str,
+                served: Counter) -> dict:
     """Multi-turn datasets (MT-Bench): turn k asks the chat of turns 1..k-1 with
     the model's own answers, so each turn is a model pass after the one before."""
     judged = [d for d in plan.datasets if d.cfg.judge is not None and not d.error]
@@ -101,7 +107,7 @@ def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: 
         todo = [r for r in new if r.key not in finished]
         log(f"turn {turn}: {len(new)} rows, {len(todo)} to run")
         if todo:
-            s = model_pass(cfg, todo, store, log, run_id=run_id)
+            s = model_pass(cfg, todo, store, log, run_id=run_id, served=served)
             stats["rows_turn"] = stats.get("rows_turn", 0) + s["rows"]
     return stats
 
@@ -154,7 +160,7 @@ def new_run_id(model_name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status
+RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status, replicas
 
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -162,6 +168,11 @@ def _now() -> str:
 
 def _write_run_file(work: WorkDir, record: dict) -> None:
     work.write_bytes((json.dumps(record, indent=1) + "\n").encode(), RUN_FILE)
+
+
+def replica_rows(served: Counter) -> list[dict]:
+    """run.json's `replicas`: the rows each replica computed in this run, and its node."""
+    return [{"replica": r, "node_id": n, "rows": c} for (n, r), c in sorted(served.items())]
 
 
 def run(cfg: RunConfig, log=print) -> RunResult:
@@ -177,14 +188,15 @@ def run(cfg: RunConfig, log=print) -> RunResult:
                   "ray_address": cfg.ray_address, "serve_app": app, "started": _now(), "status": "running"}
         _write_run_file(work, record)
         ok, status = False, "interrupted"  # unless it finishes, or fails with an error
+        served: Counter = Counter()  # (node, replica) -> rows, also for a run that stops early
         try:
-            result = _evaluate(cfg, work, run_id, log)
+            result = _evaluate(cfg, work, run_id, log, served)
             ok, status = True, "finished"
         except Exception:
             status = "failed"
             raise
         finally:
-            _write_run_file(work, {**record, "finished": _now(), "status": status})
+            _write_run_file(work, {**record, "finished": _now(), "status": status, "replicas": replica_rows(served)})
             # A finished run's replicas are idle: wait until they are gone. On an
             # error only ask Serve to delete them, so the run ends now; on an
             # interrupt of a local run, Ray itself goes next.
@@ -198,7 +210,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
     return result
 
 
-def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
+def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) -> RunResult:
     work.write_bytes(config_yaml(cfg).encode(), "config.yaml")
     store = Store(work)
     plan = make_plan(cfg)
@@ -207,10 +219,10 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
     log(describe(plan, finished))
     stats = {"run_id": run_id, "rows": 0, "reused": len(plan.requests) - len(todo)}
     if todo:
-        stats.update(model_pass(cfg, todo, store, log, run_id=run_id))
+        stats.update(model_pass(cfg, todo, store, log, run_id=run_id, served=served))
     judgements = None
     if any(d.cfg.judge is not None and not d.error for d in plan.datasets):
-        stats.update(later_turns(cfg, plan, store, log, run_id=run_id))
+        stats.update(later_turns(cfg, plan, store, log, run_id=run_id, served=served))
         stats.update(judge_pass(cfg, plan, store, log))
         judgements = Store(work, JUDGEMENTS).read()
     summary, failed = summarize(plan, store.read(), judgements)
