@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raveval.results.lock import LOCK_FILE, WorkDirLock, WorkDirLocked
+
+from ray_head import ray_head as start_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,80 +138,13 @@ def test_cli_takes_over_a_dead_runs_lock_and_releases_it_on_error(tmp_path):
 
 
 # ---- two runs of one model at once on one cluster ----------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
 @pytest.fixture
 def ray_head():
-    """A Ray head of its own (`ray start --head --block` on free ports, its own temp dir
-    and auth token), ended by the PIDs of the processes it started."""
+    """A Ray head of its own (tests/ray_head.py), ended by PID."""
     if not Path("/proc/self/stat").is_file():
         pytest.skip("needs /proc to end the head's processes by PID")
-    tmp = tempfile.mkdtemp(prefix="rvh-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    token = secrets.token_hex(32)
-    Path(tmp, "auth_token").write_text(token)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{tmp}/auth_token",
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    ports = {k: _free_port() for k in ("port", "dashboard-port", "node-manager-port", "object-manager-port",
-                                       "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                       "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")}
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--temp-dir={tmp}",
-           "--num-cpus=4", "--num-gpus=0", "--include-dashboard=false", "--object-store-memory=200000000",
-           "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items())]
-    log = Path(tmp, "head.log")
-    head = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not Path(tmp, "ray_current_cluster").is_file() or "Ray runtime started" not in log.read_text():
-            assert head.poll() is None, f"ray start exited {head.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"ray start not up after 180s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        assert token not in log.read_text()  # the head does not print the token
-        address = Path(tmp, "ray_current_cluster").read_text().strip()
-        yield address, env
-    finally:
-        pids = [head.pid, *_descendants(head.pid)]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        head.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = [p for p in pids if not _gone(p)]
-        shutil.rmtree(tmp, ignore_errors=True)
-        assert not left, f"head processes still running: {left}"
+    with start_head() as head:
+        yield head.address, head.env
 
 
 def _summary(work: Path) -> dict:

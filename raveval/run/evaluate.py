@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -51,8 +52,10 @@ def start_ray(cfg: RunConfig) -> None:
     init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
 
 
-def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str) -> dict:
-    """Run the request rows through the model's deployment and write each finished batch."""
+def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str,
+               served: Counter) -> dict:
+    """Run the request rows through the model's deployment and write each finished
+    batch; `served` counts the rows each (node, replica) computed."""
     t0 = time.perf_counter()
     # On a cluster the weights may live on the GPU nodes only; here a missing path can only fail.
     missing = cfg.ray_address == "local" and cfg.model.missing_weights()
@@ -78,6 +81,8 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
                 first_row = time.perf_counter()
             store.write_part(batch)
             written += batch.num_rows
+            served.update(w for w in zip(batch.column("node_id").to_pylist(), batch.column("replica").to_pylist())
+                          if w[1] is not None)
     except BaseException:
         batches.close()  # stops the stream's executor before anything shuts Ray down
         ready.stop = True  # before Ray goes: the watcher would start it again
@@ -93,7 +98,8 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
             "wall_s": t_end - t0, "rows_per_s": written / max(t_end - t_ready, 1e-9)}
 
 
-def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: str) -> dict:
+def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: str,
+                served: Counter) -> dict:
     """Multi-turn datasets (MT-Bench): turn k asks the chat of turns 1..k-1 with
     the model's own answers, so each turn is a model pass after the one before."""
     judged = [d for d in plan.datasets if d.cfg.judge is not None and not d.error]
@@ -111,7 +117,7 @@ def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: 
         log(f"turn {turn}: {len(new)} rows, {len(todo)} to run")
         stats["reused"] = stats.get("reused", 0) + len(new) - len(todo)
         if todo:
-            s = model_pass(cfg, todo, store, log, run_id=run_id)
+            s = model_pass(cfg, todo, store, log, run_id=run_id, served=served)
             stats["rows_turn"] = stats.get("rows_turn", 0) + s["rows"]
     return stats
 
@@ -172,7 +178,7 @@ def new_run_id(model_name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status
+RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status, replicas
 
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -180,6 +186,11 @@ def _now() -> str:
 
 def _write_run_file(work: WorkDir, record: dict) -> None:
     work.write_bytes((json.dumps(record, indent=1) + "\n").encode(), RUN_FILE)
+
+
+def replica_rows(served: Counter) -> list[dict]:
+    """run.json's `replicas`: the rows each replica computed in this run, and its node."""
+    return [{"replica": r, "node_id": n, "rows": c} for (n, r), c in sorted(served.items())]
 
 
 def run(cfg: RunConfig, log=print) -> RunResult:
@@ -195,14 +206,15 @@ def run(cfg: RunConfig, log=print) -> RunResult:
                   "ray_address": cfg.ray_address, "serve_app": app, "started": _now(), "status": "running"}
         _write_run_file(work, record)
         ok, status = False, "interrupted"  # unless it finishes, or fails with an error
+        served: Counter = Counter()  # (node, replica) -> rows, also for a run that stops early
         try:
-            result = _evaluate(cfg, work, run_id, log)
+            result = _evaluate(cfg, work, run_id, log, served)
             ok, status = True, "finished"
         except Exception:
             status = "failed"
             raise
         finally:
-            _write_run_file(work, {**record, "finished": _now(), "status": status})
+            _write_run_file(work, {**record, "finished": _now(), "status": status, "replicas": replica_rows(served)})
             # A finished run's replicas are idle: wait until they are gone. On an
             # error only ask Serve to delete them, so the run ends now; on an
             # interrupt of a local run, Ray itself goes next.
@@ -216,7 +228,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
     return result
 
 
-def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
+def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) -> RunResult:
     store = Store(work, log=log)
     plan = make_plan(cfg)
     finished = store.finished_keys() if cfg.resume else set()
@@ -229,10 +241,10 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log) -> RunResult:
         judges = {d.cfg.judge.endpoint for d in plan.datasets if d.cfg.judge is not None and not d.error}
         _preflight(cfg, judges, log, model=True)
     if todo:
-        stats.update(model_pass(cfg, todo, store, log, run_id=run_id))
+        stats.update(model_pass(cfg, todo, store, log, run_id=run_id, served=served))
     judgements = None
     if any(d.cfg.judge is not None and not d.error for d in plan.datasets):
-        turns = later_turns(cfg, plan, store, log, run_id=run_id)
+        turns = later_turns(cfg, plan, store, log, run_id=run_id, served=served)
         stats["reused"] += turns.pop("reused", 0)  # later-turn rows count like the first turn's
         stats.update(turns)
         stats.update(judge_pass(cfg, plan, store, log))

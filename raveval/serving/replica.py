@@ -3,7 +3,8 @@
 One Serve call carries a whole Data batch of requests; the replica fans
 them out as separate engine requests, so a call costs one round trip while
 the engine still batches continuously. A failing row becomes an error
-result; it never fails the call.
+result; it never fails the call. Every result names the replica and the node
+that computed it (the run counts rows per replica in run.json).
 """
 from __future__ import annotations
 
@@ -20,17 +21,25 @@ from raveval.tasks.request import decode_prompt
 
 
 class ModelReplica:
+    where = {"replica": None, "node_id": None}  # outside Serve (tests driving run_batch directly)
+
     def __init__(self, model_cfg: dict, api_key: Optional[SecretStr] = None):
         """`api_key`: the key of the model's API endpoint (engine openai), read by the driver."""
+        import ray
+        from ray import serve
+
         self.cfg = parse_model(model_cfg)
         self.engine = self.cfg.build_engine(api_key)
+        self.where = {"replica": serve.get_replica_context().replica_tag,
+                      "node_id": ray.get_runtime_context().get_node_id()}
 
     async def run_batch(self, requests: list[dict]) -> list[dict]:
         return await asyncio.gather(*(self._run_one(r) for r in requests))
 
     async def _run_one(self, req: dict) -> dict:
         start = time.perf_counter()
-        out = {"text": None, "logprobs": None, "prompt_tokens": None, "output_tokens": None, "error": None}
+        out = {"text": None, "logprobs": None, "prompt_tokens": None, "output_tokens": None, "error": None,
+               **self.where}
         try:
             prompt = decode_prompt(req["prompt"], req["chat"])
             if req["mode"] == "ll":

@@ -34,6 +34,8 @@ RESULT_SCHEMA = pa.schema([
     ("latency_s", pa.float64()),
     ("prompt_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
+    ("replica", pa.string()),          # the Serve replica that computed the row (null if no call came back)
+    ("node_id", pa.string()),          # the Ray node it ran on
 ])
 # What the replica needs of a row, then what scoring needs.
 ENGINE_FIELDS = ["mode", "chat", "prompt", "continuations", "params"]
