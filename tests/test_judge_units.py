@@ -378,3 +378,35 @@ def test_alignbench_dimensions_by_subcategory_then_category():
     assert alignbench.dimensions_of("新子类", "角色扮演") == alignbench.DIMENSIONS["生成型回答"]
     assert alignbench.dimensions_of("新子类", "综合问答") == alignbench.DIMENSIONS["建议型回答"]
     assert alignbench.dimensions_of("", "") == alignbench.DIMENSIONS["事实与解释型回答"]
+
+
+def test_bucket_pause_holds_every_request():
+    now = [100.0]
+    b = TokenBucket(requests_per_minute=60, headroom=0, clock=lambda: now[0])
+    assert b.reserve() == 0
+    b.pause(5.0)
+    assert b.reserve() == pytest.approx(5.0)  # the pause, not the 1 s interval
+    assert b.reserve() == pytest.approx(6.0)  # and the rate after it
+
+
+def test_in_flight_cap_halves_on_throttling_and_grows_back():
+    from raveval.http.limiter import InFlight
+
+    now = [0.0]
+    g = InFlight(ceiling=8, lease_s=30, cooldown_s=1.0, clock=lambda: now[0])
+    leases = [g.try_enter() for _ in range(8)]
+    assert None not in leases and g.try_enter() is None  # at the cap
+    g.leave(leases[0], "throttled")
+    g.leave(leases[1], "throttled")  # within the cooldown: one cut per burst of 429s
+    assert g.cap == 4.0 and len(g.leases) == 6 and g.try_enter() is None
+    for lease in leases[2:]:
+        g.leave(lease, "ok")
+    assert 5.0 < g.cap < 6.0  # additive increase: about one per cap's worth of successes
+    now[0] = 2.0
+    held = [g.try_enter() for _ in range(5)]
+    assert None not in held and g.try_enter() is None
+    now[0] = 40.0  # the holders died: their leases expire
+    assert g.try_enter() is not None
+    for _ in range(200):
+        g.leave(g.try_enter(), "ok")
+    assert g.cap == 8.0  # never above the endpoint's max_concurrent

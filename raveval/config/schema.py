@@ -73,7 +73,8 @@ class EndpointConfig(Strict):
     burst: int = Field(1, ge=1)
     # Pace this fraction under the limits, so arrival jitter never exceeds them.
     rate_headroom: float = Field(0.02, ge=0, lt=1)
-    # Requests in flight per client (each judge actor or API replica has one).
+    # Requests in flight to this endpoint over the whole cluster (all jobs): the cap
+    # halves on a 429 and grows back while the endpoint keeps up, never above this.
     max_concurrent: int = Field(16, ge=1)
     # Seconds for one attempt, connection to last byte.
     timeout_s: float = Field(120.0, gt=0)

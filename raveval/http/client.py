@@ -4,11 +4,13 @@ One `ChatClient` per endpoint per process: one `aiohttp.ClientSession` whose
 connector keeps connections alive and reuses them, at most `max_concurrent`
 requests in flight, each attempt bounded by `timeout_s`.
 
-Every attempt first takes a slot from the endpoint's limiter (requests/min,
-and the token estimate prompt + max_tokens for tokens/min), then the estimate
-is corrected from the reply's `usage`. Retries with exponential backoff and
-jitter on 429, 408, 5xx, timeouts, dropped connections and malformed replies;
-a 429's Retry-After (seconds, HTTP date, or `retry-after-ms`) is honoured.
+Every attempt first takes a slot from the endpoint's limiter (one of its
+requests in flight, requests/min, and the token estimate prompt + max_tokens
+for tokens/min), then the estimate is corrected from the reply's `usage`.
+Retries with exponential backoff and jitter on 429, 408, 5xx, timeouts,
+dropped connections and malformed replies. A 429, or a 503 with Retry-After
+(seconds, HTTP date, or `retry-after-ms`), pauses the whole endpoint for the
+advised time (or the backoff) and halves its requests in flight.
 Other 4xx fail at once. A request whose retries are exhausted raises
 `RequestFailed` with the reason; callers turn it into an error row.
 
@@ -110,7 +112,7 @@ def request_headers(cfg, api_key: Optional[SecretStr]) -> dict[str, str]:
 
 class ChatClient:
     def __init__(self, cfg, limiter=None, max_concurrent: Optional[int] = None, api_key: Optional[SecretStr] = None):
-        """`cfg`: an EndpointConfig. `limiter`: LocalLimiter / RemoteLimiter (None: no limit).
+        """`cfg`: an EndpointConfig. `limiter`: LocalLimiter / RemoteLimiter (None: none).
         `max_concurrent`: overrides cfg.max_concurrent (the stage splits it across its actors).
         `api_key`: the key of cfg.api_key_env, as the driver read it (raveval.http.keys.read_key)."""
         self.cfg = cfg
@@ -163,48 +165,58 @@ class ChatClient:
         retries = 0
         max_retries = self.cfg.retry.max_retries
         while True:
-            wait = None
-            async with self._sem:
-                if self.limiter is not None:
-                    await self.limiter.acquire(est)
-                self.requests_sent += 1
-                try:
-                    async with session.post(self.url, data=data) as resp:
-                        status, headers = resp.status, resp.headers
-                        raw = await resp.read()
-                except asyncio.TimeoutError:
-                    reason, status = f"timeout after {self.cfg.timeout_s:g}s", None
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-                    reason, status = f"connection error ({type(e).__name__}: {e})", None
-                else:
-                    if status == 200:
-                        try:
-                            reply = json.loads(raw)
-                            choice = reply["choices"][0]
-                            text = choice["message"]["content"]
-                            if text is None:
-                                text = ""
-                            if not isinstance(text, str):
-                                raise TypeError("content is not a string")
-                        except (ValueError, KeyError, IndexError, TypeError) as e:
-                            reason = f"malformed reply ({type(e).__name__}: {_snippet(raw, 120)})"
-                        else:
-                            usage = reply.get("usage") or {}
-                            pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
-                            if self.limiter is not None and pt is not None and ct is not None:
-                                await self.limiter.correct(pt + ct - est)
-                            return ChatResult(text, pt, ct, retries, time.perf_counter() - t0,
-                                              choice.get("finish_reason"))
-                    elif status in RETRY_STATUS or status >= 500:
-                        reason = f"HTTP {status}: {_snippet(raw)}"
-                        if status == 429:
-                            wait = retry_after_s(headers)
-                            if wait is not None:
-                                wait = min(wait, self.cfg.retry.retry_after_max_s) * (1 + 0.1 * random.random())
-                            if self.limiter is not None:
-                                await self.limiter.correct(-est)  # a refused request used no tokens
+            wait, lease, outcome = None, None, "error"
+            if self.limiter is not None:  # a slot of the endpoint's requests in flight, and the rate
+                lease, delay = await self.limiter.enter(est)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                async with self._sem:
+                    self.requests_sent += 1
+                    try:
+                        async with session.post(self.url, data=data) as resp:
+                            status, headers = resp.status, resp.headers
+                            raw = await resp.read()
+                    except asyncio.TimeoutError:
+                        reason, status = f"timeout after {self.cfg.timeout_s:g}s", None
+                    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+                        reason, status = f"connection error ({type(e).__name__}: {e})", None
                     else:
-                        raise RequestFailed(f"HTTP {status} (not retried): {_snippet(raw)}", retries, status)
+                        if status == 200:
+                            try:
+                                reply = json.loads(raw)
+                                choice = reply["choices"][0]
+                                text = choice["message"]["content"]
+                                if text is None:
+                                    text = ""
+                                if not isinstance(text, str):
+                                    raise TypeError("content is not a string")
+                            except (ValueError, KeyError, IndexError, TypeError) as e:
+                                reason = f"malformed reply ({type(e).__name__}: {_snippet(raw, 120)})"
+                            else:
+                                outcome = "ok"
+                                usage = reply.get("usage") or {}
+                                pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                                if self.limiter is not None and pt is not None and ct is not None:
+                                    await self.limiter.correct(pt + ct - est)
+                                return ChatResult(text, pt, ct, retries, time.perf_counter() - t0,
+                                                  choice.get("finish_reason"))
+                        elif status in RETRY_STATUS or status >= 500:
+                            reason = f"HTTP {status}: {_snippet(raw)}"
+                            advised = retry_after_s(headers) if status in (429, 503) else None
+                            if status == 429 or advised is not None:
+                                # The endpoint as a whole is over its limit: every caller waits.
+                                outcome = "throttled"
+                                wait = (self._backoff(retries) if advised is None else
+                                        min(advised, self.cfg.retry.retry_after_max_s) * (1 + 0.1 * random.random()))
+                                if self.limiter is not None:
+                                    await self.limiter.pause(wait)
+                                    await self.limiter.correct(-est)  # a refused request used no tokens
+                        else:
+                            raise RequestFailed(f"HTTP {status} (not retried): {_snippet(raw)}", retries, status)
+            finally:
+                if self.limiter is not None:
+                    await self.limiter.leave(lease, outcome)
             if retries >= max_retries:
                 raise RequestFailed(f"gave up after {retries} retries: {reason}", retries, status)
             await asyncio.sleep(self._backoff(retries) if wait is None else wait)

@@ -16,10 +16,18 @@ each and no lock held while anyone waits:
 between a granted slot and the request's arrival at the server never makes a
 sliding-window counter see more than the limit.
 
-`LocalLimiter` uses a bucket in this process (unit tests, one-process tools).
-`RemoteLimiter` uses a named async Ray actor, one per endpoint (and API key
-variable), created with `get_if_exists=True`, so every judge actor and every
-API-model replica on every node shares one budget.
+`pause(s)` holds every request of the endpoint for `s` seconds: a 429, or a
+503 with Retry-After, says the endpoint as a whole is over its limit.
+
+`InFlight` caps the requests in flight to the endpoint, adapting like TCP's
+congestion window: the cap halves on a throttled reply (once per second) and
+grows back by one per cap's worth of successes, up to `max_concurrent`.
+
+`LocalLimiter` holds a bucket and a cap in this process (unit tests,
+one-process tools). `RemoteLimiter` uses a named, detached async Ray actor,
+one per endpoint (and API key variable), created with `get_if_exists=True`:
+every judge actor and API-model replica on every node, and every job on the
+cluster, shares one budget, which outlives the job that created it.
 """
 from __future__ import annotations
 
@@ -62,12 +70,13 @@ class TokenBucket:
         self.tok_tolerance = 1.0 if self.tok_rate else 0.0
         self._req_tat = -math.inf  # theoretical arrival time: when the bucket is full again
         self._tok_tat = -math.inf
+        self._paused_until = -math.inf
         self.granted = 0
 
     def reserve(self, tokens: float = 0) -> float:
         """Book the earliest slot for one request of `tokens`; return seconds to wait for it."""
         now = self.clock()
-        t = now
+        t = max(now, self._paused_until)
         if self.req_interval:
             t = max(t, self._req_tat - self.req_tolerance)
         if self.tok_rate and tokens > 0:
@@ -84,40 +93,89 @@ class TokenBucket:
         if self.tok_rate and delta_tokens:
             self._tok_tat += delta_tokens / self.tok_rate
 
-
-class LocalLimiter:
-    """A bucket in this process, with the async interface the client uses."""
-
-    def __init__(self, bucket: TokenBucket):
-        self.bucket = bucket
-
-    async def acquire(self, tokens: float = 0) -> float:
-        delay = self.bucket.reserve(tokens)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return delay
-
-    async def correct(self, delta_tokens: float) -> None:
-        self.bucket.correct(delta_tokens)
+    def pause(self, seconds: float) -> None:
+        """Grant nothing before `seconds` from now (the endpoint said it is over its limit)."""
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
 
 
-class _LimiterActor:
-    """The shared bucket of one endpoint (an async actor: calls never block each other)."""
+class InFlight:
+    """At most `cap` requests in flight; the cap adapts between 1 and `ceiling`.
+    A lease not returned within `lease_s` (its holder died) is taken back."""
 
-    def __init__(self, limits: dict):
+    def __init__(self, ceiling: int, lease_s: float, cooldown_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.ceiling, self.lease_s, self.cooldown_s, self.clock = ceiling, lease_s, cooldown_s, clock
+        self.cap = float(ceiling)
+        self.leases: dict[int, float] = {}
+        self._next = 0
+        self._last_cut = -math.inf
+
+    def try_enter(self) -> Optional[int]:
+        now = self.clock()
+        for lease in [k for k, t in self.leases.items() if now - t > self.lease_s]:
+            del self.leases[lease]
+        if len(self.leases) >= int(self.cap):
+            return None
+        self._next += 1
+        self.leases[self._next] = now
+        return self._next
+
+    def leave(self, lease: Optional[int], outcome: str) -> None:
+        """`outcome`: "ok" (grow), "throttled" (halve, once per cooldown), else no change."""
+        self.leases.pop(lease, None)
+        if outcome == "ok":
+            self.cap = min(float(self.ceiling), self.cap + 1.0 / self.cap)
+        elif outcome == "throttled" and self.clock() - self._last_cut >= self.cooldown_s:
+            self.cap = max(1.0, self.cap / 2)
+            self._last_cut = self.clock()
+
+
+class _Gate:
+    """A bucket and an in-flight cap with the async interface the client uses:
+    `enter` waits for a slot and books the rate (returning the lease and how long to
+    wait before sending), `leave` returns the slot with the outcome, `pause` holds
+    the endpoint. The limiter actor holds one; LocalLimiter is one."""
+
+    def __init__(self, limits: dict, max_in_flight: int, lease_s: float):
         self.bucket = TokenBucket(**limits)
+        self.in_flight = InFlight(max_in_flight, lease_s)
+        self._changed: Optional[asyncio.Condition] = None
 
-    async def reserve(self, tokens: float = 0) -> float:
-        return self.bucket.reserve(tokens)
+    async def enter(self, tokens: float = 0) -> tuple[int, float]:
+        if self._changed is None:
+            self._changed = asyncio.Condition()  # made on the loop that serves the calls
+        async with self._changed:
+            while (lease := self.in_flight.try_enter()) is None:
+                try:  # woken by a leave, or look again for expired leases
+                    await asyncio.wait_for(self._changed.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        return lease, self.bucket.reserve(tokens)
+
+    async def leave(self, lease: Optional[int], outcome: str) -> None:
+        self.in_flight.leave(lease, outcome)
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
 
     async def correct(self, delta_tokens: float) -> None:
         self.bucket.correct(delta_tokens)
+
+    async def pause(self, seconds: float) -> None:
+        self.bucket.pause(seconds)
 
     async def limits(self) -> dict:
-        return dict(self.bucket.limits)
+        return {**self.bucket.limits, "max_in_flight": self.in_flight.ceiling}
 
-    async def granted(self) -> int:
-        return self.bucket.granted
+    async def stats(self) -> dict:
+        return {"granted": self.bucket.granted, "cap": self.in_flight.cap, "in_flight": len(self.in_flight.leases)}
+
+
+class LocalLimiter(_Gate):
+    """The endpoint's gate in this process."""
+
+
+class _LimiterActor(_Gate):
+    """The endpoint's gate for the whole cluster (an async actor: calls never block each other)."""
 
 
 def limiter_name(base_url: str, model: str, api_key_env: Optional[str]) -> str:
@@ -127,15 +185,17 @@ def limiter_name(base_url: str, model: str, api_key_env: Optional[str]) -> str:
 
 
 class RemoteLimiter:
-    """Client side of the shared limiter actor.
+    """Client side of the endpoint's limiter actor, found by name (or created).
 
-    The actor is found by name (or created, if it does not exist yet). When
-    the actor is gone (its owner ended), the next call creates it again.
+    The actor is detached: it outlives the job that created it, so concurrent and
+    later jobs keep one budget. If it is gone anyway (its node died), the next
+    call creates it again.
     """
 
-    def __init__(self, name: str, limits: dict):
+    def __init__(self, name: str, limits: dict, max_in_flight: int, lease_s: float):
         self.name = name
         self.limits = limits
+        self.args = (limits, max_in_flight, lease_s)
         self._handle = None
 
     def handle(self):
@@ -144,7 +204,7 @@ class RemoteLimiter:
 
             actor = ray.remote(num_cpus=0, max_restarts=0)(_LimiterActor)
             self._handle = actor.options(name=self.name, namespace=NAMESPACE, get_if_exists=True,
-                                         max_concurrency=1000).remote(self.limits)
+                                         lifetime="detached", max_concurrency=1000).remote(*self.args)
         return self._handle
 
     async def _call(self, method: str, *args):
@@ -154,19 +214,22 @@ class RemoteLimiter:
             try:
                 return await getattr(self.handle(), method).remote(*args)
             except RayActorError:
-                self._handle = None  # owner gone: look it up / create it again
+                self._handle = None  # gone: look it up / create it again
                 if attempt == 2:
                     raise
 
-    async def acquire(self, tokens: float = 0) -> float:
-        delay = await self._call("reserve", tokens)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return delay
+    async def enter(self, tokens: float = 0) -> tuple[int, float]:
+        return await self._call("enter", tokens)
+
+    async def leave(self, lease: Optional[int], outcome: str) -> None:
+        await self._call("leave", lease, outcome)
 
     async def correct(self, delta_tokens: float) -> None:
         if delta_tokens:
             await self._call("correct", delta_tokens)
+
+    async def pause(self, seconds: float) -> None:
+        await self._call("pause", seconds)
 
     async def shared_limits(self) -> dict:
         return await self._call("limits")
@@ -179,10 +242,8 @@ def bucket_limits(cfg) -> dict:
 
 
 def make_limiter(cfg, shared: Optional[bool] = None):
-    """The limiter of an endpoint: the cluster-wide actor when Ray runs, else
-    in-process; None when the endpoint has no limits (nothing to wait for)."""
-    if not cfg.requests_per_minute and not cfg.tokens_per_minute:
-        return None
+    """The gate of an endpoint (rate limits and requests in flight): the cluster-wide
+    actor when Ray runs, else in this process."""
     if shared is None:
         try:
             import ray
@@ -191,22 +252,22 @@ def make_limiter(cfg, shared: Optional[bool] = None):
         except ImportError:
             shared = False
     limits = bucket_limits(cfg)
+    # A lease outlives every attempt of a request: only a dead holder's is taken back.
+    lease_s = cfg.timeout_s + 30.0
     if not shared:
-        return LocalLimiter(TokenBucket(**limits))
-    return RemoteLimiter(limiter_name(cfg.base_url, cfg.model, cfg.api_key_env), limits)
+        return LocalLimiter(limits, cfg.max_concurrent, lease_s)
+    return RemoteLimiter(limiter_name(cfg.base_url, cfg.model, cfg.api_key_env), limits, cfg.max_concurrent, lease_s)
 
 
 def ensure_shared_limiter(cfg):
-    """Create (or find) the endpoint's limiter actor from the driver, so that it
-    lives as long as the driver and not as long as the first caller actor.
-    Warns when an existing actor was created with other limits."""
+    """Create (or find) the endpoint's limiter actor from the driver, before any
+    caller asks it. Warns when an existing actor (another job's) has other limits."""
     import ray
 
     lim = make_limiter(cfg, shared=True)
-    if lim is None:
-        return None
+    want = {**lim.limits, "max_in_flight": cfg.max_concurrent}
     have = ray.get(lim.handle().limits.remote())
-    if have != lim.limits:
+    if have != want:
         log.warning("judge endpoint %s: a shared limiter with other limits exists (%s); it is used as is",
                     public_url(cfg.base_url), have)
     return lim
