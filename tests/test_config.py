@@ -132,3 +132,11 @@ def test_list_matches_all_words():
     assert "gsm8k_gen" not in found["datasets"] and "mmlu_gen" not in found["datasets"]
     assert "tiny_hf" in list_configs(["tiny"])["model"] and "tiny_hf" not in list_configs(["tiny", "vllm"])["model"]
     assert "base" not in list_configs([])["run"]
+
+
+@pytest.mark.parametrize("judge", sorted(p.stem for p in (PACKAGE_ROOT.parent / "conf" / "judges").glob("*.yaml")))
+def test_every_judge_config_loads(judge, tmp_path):
+    cfg = load_config("eval_mt_bench", [f"judges=[{judge}]", f"datasets.mt_bench_single.judge.endpoint={judge}",
+                                        f"work_dir={tmp_path}"])
+    e = cfg.judges[judge]
+    assert e.base_url.startswith("http") and e.model and e.max_concurrent >= 1
