@@ -90,3 +90,16 @@ def test_a_dataset_that_cannot_load_fails_alone(ray_local, tmp_path):
     by = {(s["dataset"], s["metric"]): s for s in result.summary.to_pylist()}
     assert by[("demo_gsm8k_gen", "accuracy")]["n"] == 2
     assert by[("mmlu_ll", "accuracy")]["n"] == 0
+
+
+def test_instant_engine_runs_the_whole_pipeline(ray_local, tmp_path):
+    """engine: instant (no weights, answers at once): every row of the demo streams
+    through Serve and Ray Data and is scored; deterministic answers."""
+    cfg = load_config("demo", ["model=instant", f"work_dir={tmp_path}"])
+    result = pipeline.run(cfg, log=lambda *_: None)
+    rows = Store(tmp_path).read().to_pylist()
+    assert len(rows) == 48 and all(r["error"] is None for r in rows) and not result.failed
+    ll = [r for r in rows if r["mode"] == "ll"]
+    assert ll and all(r["prediction"] == "A" for r in ll)  # equal-length continuations: the first wins
+    gen = [r for r in rows if r["mode"] == "gen"]
+    assert gen and all(r["prediction"] for r in gen)

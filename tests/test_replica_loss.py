@@ -8,13 +8,6 @@ simulated multi-node cluster (ray.cluster_utils, in a subprocess) mid-run.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -24,6 +17,7 @@ from ray import exceptions as rx
 from raveval.stream import model_stage
 from raveval.stream.model_stage import ModelCaller, replica_lost
 
+from cluster_script import run_cluster_script
 from replica_loss_cluster import prediction_keys, replica_actors, wait_for_predictions, write_synth_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,23 +177,7 @@ def test_killed_replica_mid_run_loses_no_row(ray_local, tmp_path):
 def test_removed_node_mid_run_loses_no_row(tmp_path):
     """Head (1 CPU, for Ray Data) and three 2-CPU workers; 2 replicas of 2 CPUs, so
     replicas sit on workers; the worker node of one is removed once rows flow."""
-    ray_tmp = tempfile.mkdtemp(prefix="rv-", dir="/tmp")  # short: Ray's socket paths
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")  # this cluster's address file stays in ray_tmp
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "replica_loss_cluster.py"), str(tmp_path), "1000"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=480)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the script's own process group: its Ray nodes go too
-        out, _ = proc.communicate(timeout=30)
-        pytest.fail("node-loss run did not finish within 480 s:\n" + out[-4000:])
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, out[-4000:]
-    rep = json.loads(lines[-1][len("RESULT "):])
+    rep, out = run_cluster_script("replica_loss_cluster.py", [str(tmp_path), "1000"], 480, "node-loss run")
     assert rep["removed"] in rep["replica_nodes"], rep
     assert rep["rows_before"] < len(rep["planned"]), "the run ended before the node was removed"
     written = rep["written"]

@@ -104,6 +104,28 @@ def gpu_bundles(cpus: float, n: int, strategy: str) -> ReplicaResources:
 PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
 
 
+class AutoscalingConfig(Strict):
+    """model.autoscaling: Serve's autoscaling of the replicas (instead of `replicas`)."""
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(ge=1)
+    # Requests (Serve calls of `model_stream.batch_rows` rows) in flight per replica that Serve aims at.
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    # How long the load must stay above / below the target before replicas are added / removed.
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+    def serve_config(self) -> dict:
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
+
+
 class ModelConfig(Strict):
     """The `model:` keys every engine takes. Each engine subclasses it with
     `engine: Literal["<name>"] = "<name>"` and overrides what differs."""
@@ -117,6 +139,8 @@ class ModelConfig(Strict):
     batch_size: int = Field(16, ge=1)
     max_model_len: int = Field(2048, ge=16)
     replicas: int = Field(1, ge=1)
+    # Let Serve add and remove replicas with the load (replaces `replicas`).
+    autoscaling: Optional[AutoscalingConfig] = None
     num_gpus: float = Field(0, ge=0)
     num_cpus: float = Field(1, ge=0)
     # Extra keyword arguments for the backend's model loading (checked by the
@@ -127,10 +151,33 @@ class ModelConfig(Strict):
     http_route: Optional[str] = None
 
     @model_validator(mode="after")
+    def _one_replica_count(self):
+        if self.autoscaling is not None and "replicas" in self.model_fields_set and self.replicas != 1:
+            raise ValueError("replicas and autoscaling both set: autoscaling decides the replica count "
+                             "(autoscaling.min_replicas / max_replicas)")
+        return self
+
+    @model_validator(mode="after")
     def _http_route(self):
         if self.http_route is not None and not self.http_route.startswith("/"):
             raise ValueError("http_route must start with '/'")
         return self
+
+    @property
+    def min_replicas(self) -> int:
+        return self.autoscaling.min_replicas if self.autoscaling else self.replicas
+
+    @property
+    def max_replicas(self) -> int:
+        """The most replicas there may be: callers are sized for them."""
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
+
+    def describe_replicas(self) -> str:
+        if self.autoscaling:
+            a = self.autoscaling
+            return (f"autoscaling {a.min_replicas}..{a.max_replicas} (target {a.target_ongoing_requests:g} calls in "
+                    f"flight per replica)")
+        return str(self.replicas)
 
     def resources(self) -> ReplicaResources:
         """What one replica asks Ray for: the configured CPUs and GPUs."""

@@ -16,11 +16,13 @@ from pydantic import BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapte
 from raveval.config.schema import Strict
 from raveval.engines.base import ModelConfig
 from raveval.engines.hf import HFModelConfig
+from raveval.engines.instant import InstantModelConfig
 from raveval.engines.lmdeploy_engine import LMDeployModelConfig
 from raveval.engines.openai_api import OpenAIModelConfig
 from raveval.engines.vllm_engine import VLLMModelConfig
 
-MODELS: tuple[type[ModelConfig], ...] = (HFModelConfig, VLLMModelConfig, LMDeployModelConfig, OpenAIModelConfig)
+MODELS: tuple[type[ModelConfig], ...] = (HFModelConfig, VLLMModelConfig, LMDeployModelConfig, OpenAIModelConfig,
+                                         InstantModelConfig)
 ENGINES: dict[str, type[ModelConfig]] = {cls.model_fields["engine"].default: cls for cls in MODELS}
 DEFAULT_ENGINE = "hf"
 # The keys each engine adds to the common ones (its settings block: `vllm:`, `lmdeploy:`, `api:`).

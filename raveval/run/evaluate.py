@@ -68,10 +68,10 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     ms = cfg.model_stream
     app = deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id, api_key=api_key)
     log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
-    need = f"{cfg.model.replicas} x ({cfg.model.resources().describe()})"
+    need = f"{cfg.model.min_replicas} x ({cfg.model.resources().describe()})"
     ready = watch_ready(app, log, cfg.startup_timeout_s, need)
     # Calls in flight scale with the replicas: `callers` callers per replica keep each one busy.
-    per_replica = ms.model_copy(update={"callers": ms.callers * cfg.model.replicas})
+    per_replica = ms.model_copy(update={"callers": ms.callers * cfg.model.max_replicas})
     first_row = None
     written = 0
     batches = model_stage(app, per_replica, cfg.startup_timeout_s).run(to_table(requests))

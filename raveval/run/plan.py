@@ -77,7 +77,7 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
     ms = cfg.model_stream
     lines = [
         f"model {m.name}: engine={m.engine} path={m.path} dtype={m.dtype} batch_size={m.batch_size}",
-        f"  replicas: {m.replicas} x ({m.resources().describe()})",
+        f"  replicas: {m.describe_replicas()} x ({m.resources().describe()})",
         *m.describe(),
         f"  callers: {ms.callers} x {ms.calls_per_caller} calls in flight, {ms.batch_rows} rows per call (num_cpus=0)",
         f"work_dir: {display(cfg.work_dir)}   ray: {cfg.ray_address}",

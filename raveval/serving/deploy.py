@@ -22,9 +22,11 @@ def deployment_options(cfg: ModelConfig, max_ongoing: int) -> dict:
     """Replica count and resources from the model config: each replica asks for
     exactly the GPUs its engine uses (a placement group when that is several)."""
     res = cfg.resources()
+    scaling = ({"autoscaling_config": cfg.autoscaling.serve_config()} if cfg.autoscaling
+               else {"num_replicas": cfg.replicas})
     opts = {
         "name": "model",
-        "num_replicas": cfg.replicas,
+        **scaling,
         "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus},
         "max_ongoing_requests": max_ongoing,
         "logging_config": {"enable_access_log": False},

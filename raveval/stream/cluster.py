@@ -50,7 +50,7 @@ def check_resources(model, local: bool) -> None:
     r = model.resources()
     have = ray.cluster_resources()
     for res, per in (("GPU", r.total_gpus), ("CPU", r.num_cpus)):
-        need = per * model.replicas
+        need = per * model.min_replicas  # an autoscaled model needs its minimum to start
         if need > have.get(res, 0):
-            raise ModelStartError(f"model {model.name}: {model.replicas} replica(s) x {res.lower()}s={per} need "
+            raise ModelStartError(f"model {model.name}: {model.min_replicas} replica(s) x {res.lower()}s={per} need "
                                   f"{need} {res}, this machine's Ray has {have.get(res, 0)}")

@@ -20,7 +20,7 @@ from raveval.run.evaluate import run, shutdown
 from raveval.run.config import load_config
 from raveval.results.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 
 def plain_loop(cfg, requests: list) -> dict:
