@@ -219,7 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="print the summary of a finished run")
     rep.add_argument("work_dir")
     rep.set_defaults(fn=cmd_report)
-    ns = p.parse_args(argv)
+    # Options may come between overrides (`raveval run demo -v x=y`): argparse leaves
+    # the words after an option over, and they are overrides too.
+    ns, extra = p.parse_known_args(argv)
+    if extra and ns.cmd == "run" and not any(e.startswith("-") for e in extra):
+        ns.args += extra
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     return ns.fn(ns)
 
 

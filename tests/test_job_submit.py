@@ -81,7 +81,7 @@ def test_submitted_run_writes_its_work_dir_and_logs_progress(head, tmp_path):
     # The job's logs carry raveval's progress and its last lines.
     assert f"run {rec['run_id']}: work_dir {work}, Serve app {rec['serve_app']}" in text
     assert "model tiny-llama deploying" in text and "streaming 24 rows" in text
-    assert f"Running Dataset: model:{rec['serve_app']}" in text  # Ray Data's progress of the stream
+    assert "model demo_mmlu_ll: 24/24 rows (100%)" in text  # raveval's progress lines (not a terminal)
     assert "| tiny-llama | demo_mmlu_ll | accuracy |" in text and f"results: {work}/summary.parquet" in text
     assert "raveval: 24 of 24 rows scored" in text.splitlines(), text[-2000:]
     assert f"Job '{sid}' succeeded" in text  # -f said how the job ended

@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from raveval.config.compose import config_yaml
 from raveval.http.keys import MissingApiKey, read_key
-from raveval.http.preflight import preflight
 from raveval.http.limiter import ensure_shared_limiter
+from raveval.http.preflight import preflight
 from raveval.results.lock import WorkDirLock
 from raveval.results.store import JUDGEMENTS, Store
 from raveval.results.workdir import WorkDir
@@ -34,6 +34,7 @@ from raveval.serving.deploy import (ModelStartError, app_name, delete as delete_
 from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
 from raveval.stream.model_stage import error_rows as model_error_rows, model_stage
+from raveval.stream.progress import Progress
 from raveval.tasks import judging
 from raveval.tasks.benchmarks import benchmark
 from raveval.tasks.request import Request, to_table
@@ -75,15 +76,18 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     first_row = None
     written = 0
     batches = model_stage(app, per_replica, cfg.startup_timeout_s).run(to_table(requests))
+    progress = Progress("model", Counter(r.dataset for r in requests), log)
     try:
         for batch in batches:
             if first_row is None:
                 first_row = time.perf_counter()
             store.write_part(batch)
+            progress.update(batch)
             written += batch.num_rows
             served.update(w for w in zip(batch.column("node_id").to_pylist(), batch.column("replica").to_pylist())
                           if w[1] is not None)
     except BaseException:
+        progress.close()
         batches.close()  # stops the stream's executor before anything shuts Ray down
         ready.stop = True  # before Ray goes: the watcher would start it again
         ready.join(timeout=5)
@@ -91,6 +95,7 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
             raise ModelStartError(f"model {cfg.model.name}: {ready.error}") from None
         raise
     t_end = time.perf_counter()
+    progress.close()
     ready.join(timeout=5)  # rows came back, so the app was serving
     ready.stop = True
     t_ready = ready.at or t_end

@@ -2,6 +2,7 @@
 that the model's replicas can be placed before anything waits on them."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -23,10 +24,14 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
         # Ray's and Serve's worker logs (replica tracebacks included) stay in the session's
         # log files unless asked for (`raveval run -v`): raveval says what went wrong.
         quiet = os.environ.get("RAVEVAL_VERBOSE") != "1"
+        if quiet:  # raveval draws its own progress (stream.progress); Ray's lines are for -v
+            quiet_ray_logs()
+        level = logging.ERROR if quiet else logging.INFO
         if address == "local":
-            ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir, log_to_driver=not quiet)
+            ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir, log_to_driver=not quiet,
+                     logging_level=level)
         else:
-            ray.init(address=address, log_to_driver=not quiet)
+            ray.init(address=address, log_to_driver=not quiet, logging_level=level)
         if threading.current_thread() is threading.main_thread():
             for s, h in handlers.items():
                 if h is not None:
@@ -39,6 +44,15 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
                     logging_config={"enable_access_log": False})
     else:
         serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+
+
+def quiet_ray_logs() -> None:
+    """Ray Data's progress bars and lines, and Serve's INFO lines, off in this driver."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for name in ("ray.data", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def check_resources(model, local: bool) -> None:

@@ -15,11 +15,13 @@ import asyncio
 import json
 import math
 import time
+from collections import Counter
 
 import pyarrow as pa
 from pydantic import SecretStr
 
 from raveval.config.schema import EndpointConfig, StreamConfig
+from raveval.stream.progress import Progress
 from raveval.stream.stage import Caller, Stage, append_results, pool_size
 from raveval.tasks.judging import interpret
 from raveval.tasks.request import JudgeRequest, to_table
@@ -103,11 +105,14 @@ def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_k
     stage = Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers}, settings)
     written = errors = 0
     batches = stage.run(to_table(requests))
+    progress = Progress("judge", Counter(r.dataset for r in requests), log)
     try:
         for batch in batches:
             store.write_part(batch)
+            progress.update(batch)
             written += batch.num_rows
             errors += batch.num_rows - batch.column("error").null_count
     finally:
+        progress.close()
         batches.close()  # an early stop (error, signal) ends the stream's executor now
     return {"judged": written, "judge_errors": errors, "judge_wall_s": time.perf_counter() - t0}

@@ -1,0 +1,80 @@
+"""Live progress of a stream: one line per dataset with rows done / total, rows/s,
+ETA and error rows.
+
+In a terminal the lines are tqdm bars redrawn in place (on stderr, beside the
+run's own lines on stdout). Elsewhere (a log file, `ray job logs`) a plain line
+per dataset is written every `every_s` seconds and once at the end, so logs stay
+short and readable. Ray's own progress output is off unless `-v` (stream.cluster).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections import Counter
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class Progress:
+    def __init__(self, what: str, totals: dict[str, int], log=print, every_s: float = 10.0,
+                 tty: Optional[bool] = None):
+        """`what`: the stream ("model", "judge"); `totals`: rows per dataset."""
+        self.what, self.totals, self.log, self.every_s = what, dict(totals), log, every_s
+        self.done: Counter = Counter()
+        self.errors: Counter = Counter()
+        self._last = time.monotonic()
+        self._first: Optional[tuple[float, int]] = None  # (time, rows) of the first batch: rates start there
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._bars = {}
+        if self.tty:
+            from tqdm import tqdm
+
+            width = max(len(d) for d in totals) if totals else 0
+            # A terminal that reports no size (a bare pseudo-terminal) still gets 100 x 24.
+            # (tqdm hides the bars below a terminal's last line: a size of 0 x 0 would hide all.)
+            size = shutil.get_terminal_size((100, 24))
+            cols, rows = size.columns or 100, max(size.lines, len(totals) + 1)
+            self._bars = {d: tqdm(total=n, desc=f"{what} {d:<{width}}", unit="row", ncols=cols, nrows=rows,
+                                  leave=True, file=sys.stderr, postfix={"errors": 0}) for d, n in totals.items()}
+
+    def update(self, batch: pa.Table) -> None:
+        """Count a finished batch (its `dataset` and `error` columns)."""
+        if self._first is None:
+            self._first = (time.monotonic(), batch.num_rows)
+        datasets = batch.column("dataset").to_pylist()
+        failed = pc.invert(pc.is_null(batch.column("error"))).to_pylist()
+        for d, bad in zip(datasets, failed):
+            self.done[d] += 1
+            self.errors[d] += bool(bad)
+        for d in set(datasets):
+            bar = self._bars.get(d)
+            if bar is not None:
+                bar.update(self.done[d] - bar.n)
+                bar.set_postfix(errors=self.errors[d], refresh=True)
+        if not self.tty and time.monotonic() - self._last >= self.every_s:
+            self._say()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        if not self.tty:
+            self._say()
+
+    def line(self, d: str) -> str:
+        done, total = self.done[d], self.totals[d]
+        # The stream's rate since its first batch (start-up is not throughput), shared by its datasets.
+        rate = None
+        if self._first is not None and time.monotonic() - self._first[0] > 0.5:
+            rate = (sum(self.done.values()) - self._first[1]) / (time.monotonic() - self._first[0])
+        speed = f"{rate:.1f} rows/s" if rate else "- rows/s"
+        eta = "0s" if done >= total else (f"{(total - done) / rate:.0f}s" if rate else "?")
+        return (f"{self.what} {d}: {done}/{total} rows ({100 * done / max(total, 1):.0f}%), {speed}, "
+                f"ETA {eta}, {self.errors[d]} errors")
+
+    def _say(self) -> None:
+        self._last = time.monotonic()
+        for d in self.totals:
+            self.log(self.line(d))
