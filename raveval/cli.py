@@ -57,6 +57,8 @@ def _run(cfg, work, ns) -> int:
 
     if ns.verbose:
         os.environ["RAVEVAL_VERBOSE"] = "1"  # Ray's worker logs too (stream.cluster.init_ray)
+    if ns.dashboard:
+        os.environ["RAVEVAL_DASHBOARD"] = "1"  # a local Ray with its dashboard (stream.cluster.init_ray)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]")
     r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
     r.add_argument("-v", "--verbose", action="store_true", help="show Ray's worker logs, and tracebacks of errors")
+    r.add_argument("--dashboard", action="store_true", help="a local Ray starts its dashboard; its URL is printed")
     r.add_argument("--no-subjects", dest="subjects", action="store_false", help="leave per-subject rows out of the printed table")
     r.set_defaults(fn=cmd_run)
     ls = sub.add_parser("list", help="list model, dataset and run configs matching all WORDs")

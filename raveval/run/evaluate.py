@@ -33,6 +33,7 @@ from raveval.serving.deploy import (ModelStartError, app_name, delete as delete_
                                     forget_deployed, watch_ready)
 from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
+from raveval.stream.metrics import StreamMetrics
 from raveval.stream.model_stage import error_rows as model_error_rows, model_stage
 from raveval.stream.progress import Progress
 from raveval.tasks import judging
@@ -49,8 +50,9 @@ class RunResult:
     files: list[str]
 
 
-def start_ray(cfg: RunConfig) -> None:
-    init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None)
+def start_ray(cfg: RunConfig, log=print) -> None:
+    for line in init_ray(cfg.ray_address, http_port=cfg.http_port if cfg.model.http_route else None):
+        log(line)
 
 
 def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print, *, run_id: str,
@@ -64,7 +66,7 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
         raise ModelStartError(f"model {cfg.model.name}: {missing}")
     # The driver reads the API model's key (engine openai) and hands it to the replicas.
     api_key = read_key(cfg.model.endpoint(), f"model {cfg.model.name}")
-    start_ray(cfg)
+    start_ray(cfg, log)
     check_resources(cfg.model, local=cfg.ray_address == "local")
     ms = cfg.model_stream
     app = deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id, api_key=api_key)
@@ -77,12 +79,14 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     written = 0
     batches = model_stage(app, per_replica, cfg.startup_timeout_s).run(to_table(requests))
     progress = Progress("model", Counter(r.dataset for r in requests), log)
+    metrics = StreamMetrics("model", run_id, cfg.model.name)
     try:
         for batch in batches:
             if first_row is None:
                 first_row = time.perf_counter()
             store.write_part(batch)
             progress.update(batch)
+            metrics.update(batch)
             written += batch.num_rows
             served.update(w for w in zip(batch.column("node_id").to_pylist(), batch.column("replica").to_pylist())
                           if w[1] is not None)
@@ -127,7 +131,7 @@ def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: 
     return stats
 
 
-def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
+def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print, run_id: str = "") -> dict:
     """Judge every answer of the judged datasets: skip the judgements already in
     judgements/, write the ones that cannot be asked as error rows, stream the rest."""
     judged = [d for d in plan.datasets if d.cfg.judge is not None and not d.error]
@@ -162,11 +166,12 @@ def judge_pass(cfg: RunConfig, plan: Plan, store: Store, log=print) -> dict:
         used = sorted({r.endpoint for r in todo})
         if cfg.preflight:
             _preflight(cfg, set(used), log)
-        start_ray(cfg)
+        start_ray(cfg, log)
         for name in used:
             ensure_shared_limiter(cfg.judges[name])  # owned by the driver: one budget for the whole run
         s = judge_stream(todo, {n: cfg.judges[n].model_dump() for n in used},
-                         {n: api_keys[n] for n in used if api_keys[n] is not None}, jstore, cfg.judge_stream, log=log)
+                         {n: api_keys[n] for n in used if api_keys[n] is not None}, jstore, cfg.judge_stream, log=log,
+                         metrics=StreamMetrics("judge", run_id, cfg.model.name))
         stats.update(judged=s["judged"], judge_errors=stats["judge_errors"] + s["judge_errors"],
                      judge_wall_s=s["judge_wall_s"])
     return stats
@@ -252,7 +257,7 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) 
         turns = later_turns(cfg, plan, store, log, run_id=run_id, served=served)
         stats["reused"] += turns.pop("reused", 0)  # later-turn rows count like the first turn's
         stats.update(turns)
-        stats.update(judge_pass(cfg, plan, store, log))
+        stats.update(judge_pass(cfg, plan, store, log, run_id=run_id))
         judgements = Store(work, JUDGEMENTS).read()
     results = store.read()
     summary, failed = summarize(plan, results, judgements)

@@ -10,12 +10,15 @@ import threading
 from raveval.serving.deploy import ModelStartError
 
 
-def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = None) -> None:
+def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = None) -> list[str]:
     """Start (or join) Ray and Serve. Serve's HTTP proxy runs only when asked
-    for (`http_port`: a model serves an OpenAI-compatible route, e.g. as a judge)."""
+    for (`http_port`: a model serves an OpenAI-compatible route, e.g. as a judge).
+    A local Ray starts the dashboard when RAVEVAL_DASHBOARD=1 (`raveval run --dashboard`).
+    Returns lines saying where to watch the run (dashboard, metrics), when Ray was started here."""
     import ray
     from ray import serve
 
+    where: list[str] = []
     if not ray.is_initialized():
         # Ray's own handlers replace the caller's (its C++ one dumps core on SIGTERM, its
         # Python one exits with 15): keep the caller's, and no core dump meanwhile.
@@ -28,10 +31,17 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
             quiet_ray_logs()
         level = logging.ERROR if quiet else logging.INFO
         if address == "local":
-            ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir, log_to_driver=not quiet,
-                     logging_level=level)
+            dashboard = os.environ.get("RAVEVAL_DASHBOARD") == "1"
+            ctx = ray.init(address="local", include_dashboard=dashboard, _temp_dir=temp_dir,
+                           log_to_driver=not quiet, logging_level=level)
+            if dashboard and ctx.dashboard_url:
+                where.append(f"dashboard: http://{ctx.dashboard_url}")
         else:
             ray.init(address=address, log_to_driver=not quiet, logging_level=level)
+        port = next((n.get("MetricsExportPort") for n in ray.nodes() if n.get("Alive")
+                     and n.get("NodeID") == ray.get_runtime_context().get_node_id()), None)
+        if port:
+            where.append(f"metrics (Prometheus): http://127.0.0.1:{port}/metrics")
         if threading.current_thread() is threading.main_thread():
             for s, h in handlers.items():
                 if h is not None:
@@ -44,6 +54,7 @@ def init_ray(address: str, temp_dir: str | None = None, http_port: int | None = 
                     logging_config={"enable_access_log": False})
     else:
         serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+    return where
 
 
 def quiet_ray_logs() -> None:

@@ -97,9 +97,10 @@ def error_rows(requests: list[JudgeRequest], reasons: list[str]) -> pa.Table:
 
 
 def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_keys: dict[str, SecretStr], store,
-                 settings: StreamConfig, log=print) -> dict:
+                 settings: StreamConfig, log=print, metrics=None) -> dict:
     """Stream judge requests through the caller actors; write each finished batch to `store`.
-    `api_keys`: the key of each endpoint that takes one, by endpoint name (read by the driver)."""
+    `api_keys`: the key of each endpoint that takes one, by endpoint name (read by the driver).
+    `metrics`: a StreamMetrics that records each batch (the run's; none in tools and tests)."""
     t0 = time.perf_counter()
     callers = pool_size(len(requests), settings)
     stage = Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers}, settings)
@@ -110,6 +111,8 @@ def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_k
         for batch in batches:
             store.write_part(batch)
             progress.update(batch)
+            if metrics is not None:
+                metrics.update(batch)
             written += batch.num_rows
             errors += batch.num_rows - batch.column("error").null_count
     finally:
