@@ -26,16 +26,22 @@ def write_synth_run(tmp: Path, n_rows: int) -> Path:
     rows = [{"question": f"Item {i}: which word is closest in meaning to 'example number {i}'?",
              "choices": [f"alpha {i}", f"beta {i}", f"gamma {i}", f"delta {i}"], "gold": f"alpha {i}"}
             for i in range(n_rows)]
-    (tmp / "synth.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = tmp / "replica_loss_run.yaml"
+    return write_generic_run(tmp, [json.dumps(r) for r in rows], "synth")
+
+
+def write_generic_run(tmp: Path, lines: list[str], name: str) -> Path:
+    """`tmp/<name>.jsonl` holding `lines`, and a run config (tiny model, that file as a
+    generic multiple-choice dataset `name` in ll mode, work_dir tmp/work); returns its path."""
+    (tmp / f"{name}.jsonl").write_text("".join(ln + "\n" for ln in lines))
+    path = tmp / f"{name}_run.yaml"
     path.write_text(f"""defaults:
   - base
   - model: tiny_hf
   - _self_
 datasets:
-  synth:
+  {name}:
     loader: generic
-    path: {tmp}/synth.jsonl
+    path: {tmp}/{name}.jsonl
     mode: ll
     fields: {{choices: choices}}
 work_dir: {tmp}/work

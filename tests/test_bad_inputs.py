@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from replica_loss_cluster import write_generic_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,24 +67,6 @@ def test_missing_model_path_is_one_line_before_ray_starts(tmp_path):
     assert last_line(out) == "raveval: model tiny-llama: model.path /no/such/model does not exist on this machine"
 
 
-def write_run(tmp: Path, lines: list[str]) -> Path:
-    (tmp / "g.jsonl").write_text("".join(ln + "\n" for ln in lines))
-    cfg = tmp / "run.yaml"
-    cfg.write_text(f"""defaults:
-  - base
-  - model: tiny_hf
-  - _self_
-datasets:
-  g:
-    loader: generic
-    path: {tmp}/g.jsonl
-    mode: ll
-    fields: {{choices: choices}}
-work_dir: {tmp}/work
-""")
-    return cfg
-
-
 def stored(work: Path) -> list[dict]:
     rows = []
     for part in sorted((work / "predictions").glob("part-*.parquet")):
@@ -94,7 +78,7 @@ def test_bad_rows_corrupt_parts_and_failed_loads_lose_nothing(tmp_path):
     good = [json.dumps({"question": f"Q{i}: which is alpha?", "choices": [f"alpha {i}", "beta", "gamma", "delta"],
                         "gold": f"alpha {i}"}) for i in range(6)]
     lines = [*good[:2], '{"question": oops', *good[2:4], json.dumps({"question": "no choices", "gold": "x"}), *good[4:]]
-    cfg = write_run(tmp_path, lines)
+    cfg = write_generic_run(tmp_path, lines, "g")
     work = tmp_path / "work"
 
     # 1. Two bad records: error rows naming file and line; the six good rows run; exit 1.
