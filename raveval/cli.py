@@ -177,6 +177,32 @@ def error_rows(summary) -> tuple[int, int]:
     return errors, total
 
 
+def cmd_serve(ns) -> int:
+    """raveval serve up CONFIG [KEY=VALUE ...] | ls | down [NAME ...]"""
+    from raveval.config.compose import ConfigError
+    from raveval.run.config import load_config
+    from raveval.run.warm import WarmError, down, listing, up
+    from raveval.serving.deploy import ModelStartError
+
+    try:
+        if ns.action == "up":
+            config, overrides = _split(ns.args)
+            up(load_config(config, overrides))
+        elif ns.action == "ls":
+            for a in listing(ns.address):
+                print(f"{a['name']}  {a['status']}  {a['replicas']} replica(s)")
+        else:
+            for name in down(ns.address, ns.args):
+                print(f"deleted {name}")
+    except ConfigError as e:
+        print(f"raveval: {e}", file=sys.stderr)
+        return 2
+    except (WarmError, ModelStartError) as e:
+        print(f"raveval: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_list(ns) -> int:
     from raveval.config.compose import list_configs
 
@@ -219,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("list", help="list model, dataset and run configs matching all WORDs")
     ls.add_argument("words", nargs="*")
     ls.set_defaults(fn=cmd_list)
+    sv = sub.add_parser("serve", help="warm models on a running cluster: up CONFIG [KEY=VALUE ...] | ls | down [NAME ...]",
+                        description="`serve up` deploys a config's model and leaves it running (ray_address=auto); "
+                                    "runs of the same model use it instead of starting their own replicas. `serve ls` "
+                                    "lists the warm models, `serve down [NAME ...]` removes them (all with no NAME).")
+    sv.add_argument("action", choices=["up", "ls", "down"])
+    sv.add_argument("args", nargs="*", metavar="ARG")
+    sv.add_argument("--address", default="auto", help="the cluster for ls / down (default: auto)")
+    sv.set_defaults(fn=cmd_serve)
     rep = sub.add_parser("report", help="print the summary of a finished run")
     rep.add_argument("work_dir")
     rep.set_defaults(fn=cmd_report)

@@ -30,7 +30,7 @@ from raveval.results.summary import keep_previous, markdown, summarize
 from raveval.run.config import RunConfig
 from raveval.run.plan import Plan, describe, make_plan
 from raveval.serving.deploy import (ModelStartError, app_name, delete as delete_app, delete_deployed, deploy,
-                                    forget_deployed, watch_ready)
+                                    forget_deployed, running_warm, watch_ready)
 from raveval.stream.cluster import check_resources, init_ray
 from raveval.stream.judge_stage import error_rows, judge_stream
 from raveval.stream.metrics import StreamMetrics
@@ -69,8 +69,11 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     start_ray(cfg, log)
     check_resources(cfg.model, local=cfg.ray_address == "local")
     ms = cfg.model_stream
-    app = deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id, api_key=api_key)
-    log(f"model {cfg.model.name} deploying ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
+    # A warm deployment of the same model (raveval serve up) serves the run; it is not the run's to delete.
+    warm = running_warm(cfg.model)
+    app = warm or deploy(cfg.model, max_ongoing=ms.callers * ms.calls_per_caller * 2, run_id=run_id, api_key=api_key)
+    log(f"model {cfg.model.name} " + (f"on the warm deployment {warm}" if warm else "deploying")
+        + f" ({time.perf_counter() - t0:.1f}s); streaming {len(requests)} rows")
     need = f"{cfg.model.min_replicas} x ({cfg.model.resources().describe()})"
     ready = watch_ready(app, log, cfg.startup_timeout_s, need)
     # Calls in flight scale with the replicas: `callers` callers per replica keep each one busy.
@@ -103,8 +106,9 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
     ready.join(timeout=5)  # rows came back, so the app was serving
     ready.stop = True
     t_ready = ready.at or t_end
-    return {"rows": written, "ready_s": t_ready - t0, "first_batch_s": (first_row or t_end) - t0,
-            "wall_s": t_end - t0, "rows_per_s": written / max(t_end - t_ready, 1e-9)}
+    return {"rows": written, "serve_app": app, "ready_s": t_ready - t0,
+            "first_batch_s": (first_row or t_end) - t0, "wall_s": t_end - t0,
+            "rows_per_s": written / max(t_end - t_ready, 1e-9)}
 
 
 def later_turns(cfg: RunConfig, plan: Plan, store: Store, log=print, *, run_id: str,
@@ -219,6 +223,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
         served: Counter = Counter()  # (node, replica) -> rows, also for a run that stops early
         try:
             result = _evaluate(cfg, work, run_id, log, served)
+            record["serve_app"] = result.stats.get("serve_app", app)  # a warm deployment, if one served the run
             ok, status = True, "finished"
         except Exception:
             status = "failed"
