@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from raveval.config.compose import ConfigError, compose, validate
 from raveval.config.schema import DatasetConfig, EndpointConfig, StreamConfig, Strict
 from raveval.engines.registry import AnyModelConfig
+from raveval.results.workdir import is_uri
 
 # Set by Ray's job supervisor in the environment of a submitted job's driver.
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -59,7 +60,7 @@ class RunConfig(Strict):
     def _work_dir_outlives_the_job(cls, v: str):
         # Ray runs a submitted job in a temporary copy of its working_dir, which Ray
         # deletes with the session or when it prunes old packages.
-        if RAY_JOB_ENV in os.environ and "://" not in v and not os.path.isabs(v):
+        if RAY_JOB_ENV in os.environ and not is_uri(v) and not os.path.isabs(v):
             raise ValueError(f"{v!r} is relative, and this run is a Ray job (ray job submit): its working "
                              f"directory is a temporary copy that Ray deletes; give an absolute path on storage "
                              f"every node sees, or a URI such as s3://bucket/run")

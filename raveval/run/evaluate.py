@@ -89,7 +89,7 @@ def model_pass(cfg: RunConfig, requests: list[Request], store: Store, log=print,
                 first_row = time.perf_counter()
             store.write_part(batch)
             progress.update(batch)
-            metrics.update(batch)
+            metrics.update(batch, progress.rate())
             written += batch.num_rows
             served.update(w for w in zip(batch.column("node_id").to_pylist(), batch.column("replica").to_pylist())
                           if w[1] is not None)
@@ -313,6 +313,8 @@ def _preflight(cfg: RunConfig, judges: set[str], log, model: bool = False) -> No
 def _write_bad_rows(plan: Plan, store: Store) -> None:
     """Records that are not rows, as error rows naming their file and line (once:
     a later run finds them stored, and the same records are as bad as before)."""
+    if not plan.bad:
+        return  # nothing to write: no need to read the stored rows again
     stored = store.read(columns=["key", "error"])
     have = {} if stored is None else dict(zip(stored.column("key").to_pylist(), stored.column("error").to_pylist()))
     new = [(r, plan.bad[r.key]) for r in plan.requests if r.key in plan.bad and have.get(r.key) != plan.bad[r.key]]

@@ -112,7 +112,7 @@ def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_k
             store.write_part(batch)
             progress.update(batch)
             if metrics is not None:
-                metrics.update(batch)
+                metrics.update(batch, progress.rate())
             written += batch.num_rows
             errors += batch.num_rows - batch.column("error").null_count
     finally:

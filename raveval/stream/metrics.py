@@ -7,7 +7,7 @@ The driver records them as batches come back, so they move while a run streams.
 """
 from __future__ import annotations
 
-import time
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,13 +33,9 @@ class StreamMetrics:
         self.output_tokens = _metric("Counter", "raveval_output_tokens", "Generated tokens of finished rows")
         self.retries = _metric("Counter", "raveval_request_retries", "HTTP retries of judge requests")
         self.rate = _metric("Gauge", "raveval_rows_per_second", "Rows per second since the stream's first batch")
-        self.first = None
-        self.done: dict[str, int] = {}
 
-    def update(self, batch: pa.Table) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = (now, batch.num_rows)
+    def update(self, batch: pa.Table, rate: Optional[float]) -> None:
+        """Count a finished batch; `rate`: the stream's rows/s (Progress.rate), when known."""
         for dataset in pc.unique(batch.column("dataset")).to_pylist():
             part = batch.filter(pc.equal(batch.column("dataset"), dataset))
             tags = {**self.tags, "dataset": dataset}
@@ -53,6 +49,5 @@ class StreamMetrics:
                     total = pc.sum(part.column(column)).as_py()
                     if total:
                         metric.inc(total, tags=tags)
-            self.done[dataset] = self.done.get(dataset, 0) + part.num_rows
-            if now - self.first[0] > 0.5:
-                self.rate.set((sum(self.done.values()) - self.first[1]) / (now - self.first[0]), tags=tags)
+            if rate is not None:
+                self.rate.set(rate, tags=tags)

@@ -65,14 +65,18 @@ class Progress:
 
     def line(self, d: str) -> str:
         done, total = self.done[d], self.totals[d]
-        # The stream's rate since its first batch (start-up is not throughput), shared by its datasets.
-        rate = None
-        if self._first is not None and time.monotonic() - self._first[0] > 0.5:
-            rate = (sum(self.done.values()) - self._first[1]) / (time.monotonic() - self._first[0])
+        rate = self.rate()
         speed = f"{rate:.1f} rows/s" if rate else "- rows/s"
         eta = "0s" if done >= total else (f"{(total - done) / rate:.0f}s" if rate else "?")
         return (f"{self.what} {d}: {done}/{total} rows ({100 * done / max(total, 1):.0f}%), {speed}, "
                 f"ETA {eta}, {self.errors[d]} errors")
+
+    def rate(self) -> Optional[float]:
+        """Rows per second of the whole stream since its first batch (start-up is not
+        throughput); None until there is a span to measure."""
+        if self._first is None or time.monotonic() - self._first[0] <= 0.5:
+            return None
+        return (sum(self.done.values()) - self._first[1]) / (time.monotonic() - self._first[0])
 
     def _say(self) -> None:
         self._last = time.monotonic()
