@@ -290,17 +290,18 @@ def test_judge_requests_cover_every_row_turn_and_order(tmp_path):
     plan = make_plan(cfg)
     d = plan.datasets[0]
     assert d.error is None and [r.turn for r in d.requests] == [1, 1]
-    preds = {d.requests[0].key: {"prediction": "2", "error": None},
-             d.requests[1].key: {"prediction": None, "error": "replica lost"}}
-    more = tasks.followup_requests(d, 2, preds, plan.model_id)
-    assert len(more) == 1 and json.loads(more[0].prompt)[-2:] == [
-        {"role": "assistant", "content": "2"}, {"role": "user", "content": "times 3?"}]
-    d.requests += more
-    preds[more[0].key] = {"prediction": "6", "error": None}
-    reqs = tasks.judge_requests(d, preds, {"base_url": "u", "model": "j"}, "m")
+    rows = {r["row_id"]: r for r in d.rows}
+    second = tasks.next_turn(d, rows["1"], d.requests[0], "2", plan.model_id)
+    assert second.turn == 2 and second.key != d.requests[0].key
+    assert json.loads(second.prompt)[-2:] == [{"role": "assistant", "content": "2"}, {"role": "user", "content": "times 3?"}]
+    judge = tasks.DatasetJudge(d, {"base_url": "u", "model": "j"}, "m")
+    reqs = judge.row(rows["1"], ["2", "6"]) + judge.row(rows["2"], [], "replica lost")
     assert len(reqs) == 2 * 2 * 2 and len({r.key for r in reqs}) == 8
     ok = [r for r in reqs if r.pre_error is None]
     assert {(r.row_id, r.turn, r.order) for r in ok} == {("1", 1, "AB"), ("1", 1, "BA"), ("1", 2, "AB"), ("1", 2, "BA")}
+    # Only the first turn answered: the second turn's judgements say so.
+    partial = judge.row(rows["1"], ["2"], "timeout")
+    assert [r.pre_error for r in partial if r.turn == 2] == ["model answer of turn 2 missing (timeout)"] * 2
     assert all("replica lost" in r.pre_error for r in reqs if r.row_id == "2")
 
 

@@ -96,14 +96,20 @@ def error_rows(requests: list[JudgeRequest], reasons: list[str]) -> pa.Table:
     return append_results(to_table(requests), [{"error": why, "retries": 0} for why in reasons], JUDGE_RESULT_SCHEMA)
 
 
+def judge_stage(endpoints: dict[str, dict], api_keys: dict[str, SecretStr], settings: StreamConfig,
+                n_rows: int) -> Stage:
+    """The stage that judges `n_rows` rows: its callers share out each endpoint's in-flight cap."""
+    callers = pool_size(n_rows, settings)
+    return Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers}, settings)
+
+
 def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_keys: dict[str, SecretStr], store,
                  settings: StreamConfig, log=print, metrics=None) -> dict:
     """Stream judge requests through the caller actors; write each finished batch to `store`.
     `api_keys`: the key of each endpoint that takes one, by endpoint name (read by the driver).
     `metrics`: a StreamMetrics that records each batch (the run's; none in tools and tests)."""
     t0 = time.perf_counter()
-    callers = pool_size(len(requests), settings)
-    stage = Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers}, settings)
+    stage = judge_stage(endpoints, api_keys, settings, len(requests))
     written = errors = 0
     batches = stage.run(to_table(requests))
     progress = Progress("judge", Counter(r.dataset for r in requests), log)

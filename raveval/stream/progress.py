@@ -21,24 +21,36 @@ import pyarrow.compute as pc
 class Progress:
     def __init__(self, what: str, totals: dict[str, int], log=print, every_s: float = 10.0,
                  tty: Optional[bool] = None):
-        """`what`: the stream ("model", "judge"); `totals`: rows per dataset."""
-        self.what, self.totals, self.log, self.every_s = what, dict(totals), log, every_s
+        """`what`: the stream ("model", "judge"); `totals`: rows per dataset (more may
+        be added as they become known: see `add`)."""
+        self.what, self.log, self.every_s = what, log, every_s
+        self.totals: Counter = Counter()
         self.done: Counter = Counter()
         self.errors: Counter = Counter()
         self._last = time.monotonic()
         self._first: Optional[tuple[float, int]] = None  # (time, rows) of the first batch: rates start there
         self.tty = sys.stderr.isatty() if tty is None else tty
         self._bars = {}
-        if self.tty:
-            from tqdm import tqdm
+        self.add(totals)
 
-            width = max(len(d) for d in totals) if totals else 0
-            # A terminal that reports no size (a bare pseudo-terminal) still gets 100 x 24.
-            # (tqdm hides the bars below a terminal's last line: a size of 0 x 0 would hide all.)
-            size = shutil.get_terminal_size((100, 24))
-            cols, rows = size.columns or 100, max(size.lines, len(totals) + 1)
-            self._bars = {d: tqdm(total=n, desc=f"{what} {d:<{width}}", unit="row", ncols=cols, nrows=rows,
-                                  leave=True, file=sys.stderr, postfix={"errors": 0}) for d, n in totals.items()}
+    def add(self, totals: dict[str, int]) -> None:
+        """More rows to come: the later turns of a chat, judgements of new answers."""
+        self.totals.update(totals)
+        if not self.tty:
+            return
+        from tqdm import tqdm
+
+        # A terminal that reports no size (a bare pseudo-terminal) still gets 100 x 24.
+        # (tqdm hides the bars below a terminal's last line: a size of 0 x 0 would hide all.)
+        size = shutil.get_terminal_size((100, 24))
+        cols, rows = size.columns or 100, max(size.lines, len(self.totals) + 1)
+        for d in totals:
+            if d in self._bars:
+                self._bars[d].total = self.totals[d]
+                self._bars[d].refresh()
+            else:
+                self._bars[d] = tqdm(total=self.totals[d], desc=f"{self.what} {d}", unit="row", ncols=cols,
+                                     nrows=rows, leave=True, file=sys.stderr, postfix={"errors": 0})
 
     def update(self, batch: pa.Table) -> None:
         """Count a finished batch (its `dataset` and `error` columns)."""

@@ -1,9 +1,9 @@
-"""What the judge stage has to do for a dataset, computed from its rows and the
-model's stored predictions:
+"""What the judge stage has to do for a row of a judged dataset, computed from the
+row and the model's answers as they come in:
 
-- `followup_requests`: multi-turn rows (MT-Bench): the request of turn k is
-  the chat of turns 1..k-1 with the model's own answers, then turn k;
-- `judge_requests`: one request per (row, turn) for single grading, one per
+- `next_turn`: multi-turn rows (MT-Bench): the request of turn k is the chat
+  of turns 1..k-1 with the model's own answers, then turn k;
+- `DatasetJudge.row`: one request per (row, turn) for single grading, one per
   (row, turn, order) for pairwise comparison; a judgement that cannot be
   asked (the model's or the baseline's answer is missing) is a row with
   `pre_error` set, so it is counted as an error row and never lost;
@@ -60,62 +60,58 @@ def n_turns(row: dict) -> int:
 
 
 # ---- multi-turn ------------------------------------------------------------
-def followup_requests(dplan, turn: int, preds: dict[str, dict], model_id: dict) -> list[Request]:
-    """Requests of `turn` (>= 2) for rows whose turn-1..turn-1 answers exist."""
-    by_turn = {(r.row_id, r.turn): r for r in dplan.requests}
-    out = []
-    for row in dplan.rows:
-        if n_turns(row) < turn or (row["row_id"], turn) in by_turn:
-            continue
-        prev = by_turn.get((row["row_id"], turn - 1))
-        pred = preds.get(prev.key) if prev else None
-        if pred is None or pred.get("error") or pred.get("prediction") is None:
-            continue  # no answer to build on: the judgement of this turn becomes an error row
-        messages = json.loads(prev.prompt) + [
-            {"role": "assistant", "content": pred["prediction"]},
-            {"role": "user", "content": row["turns"][turn - 1]},
-        ]
-        text = json.dumps(messages, ensure_ascii=False)
-        out.append(replace(prev, turn=turn, prompt=text,
-                           key=row_key(model_id, dplan.name, row["row_id"], text, [], prev.params, prev.mode)))
-    return out
+def next_turn(dplan, row: dict, prev: Request, answer: str, model_id: dict) -> Request:
+    """The request of turn prev.turn + 1 (MT-Bench): the chat so far, the model's
+    own answer to the previous turn, then the row's next user turn."""
+    turn = prev.turn + 1
+    messages = json.loads(prev.prompt) + [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": row["turns"][turn - 1]},
+    ]
+    text = json.dumps(messages, ensure_ascii=False)
+    return replace(prev, turn=turn, prompt=text,
+                   key=row_key(model_id, dplan.name, row["row_id"], text, [], prev.params, prev.mode))
 
 
 # ---- judge requests ----------------------------------------------------------
-def judge_requests(dplan, preds: dict[str, dict], endpoint: dict, model: str) -> list[JudgeRequest]:
-    """All judgements of one dataset (see the module doc). `endpoint`: the EndpointConfig as a dict."""
-    d, j = dplan.cfg, dplan.cfg.judge
-    spec = benchmark(d.loader)
-    mode = spec.judge_modes[j.mode]
-    prompt = mode.setup(d)
-    guided = list(mode.verdict.guided) if j.guided else []
-    pairwise = j.mode == "pairwise"
-    # Pairwise against another model: its answers; against "reference": each row's reference answers.
-    baseline = spec.baseline(Path(j.baseline_path), dplan.rows) if pairwise and j.baseline_path else None
-    by_turn = {(r.row_id, r.turn): r for r in dplan.requests}
-    out = []
-    for row in dplan.rows:
+class DatasetJudge:
+    """The judgements of one dataset, built row by row as the model's answers
+    come in. `endpoint`: the judge's EndpointConfig as a dict."""
+
+    def __init__(self, dplan, endpoint: dict, model: str):
+        d, j = dplan.cfg, dplan.cfg.judge
+        spec = benchmark(d.loader)
+        self.dplan, self.endpoint, self.model, self.j = dplan, endpoint, model, j
+        self.mode = spec.judge_modes[j.mode]
+        self.prompt = self.mode.setup(d)
+        self.guided = list(self.mode.verdict.guided) if j.guided else []
+        self.pairwise = j.mode == "pairwise"
+        # Pairwise against another model: its answers; against "reference": each row's reference answers.
+        self.baseline = (spec.baseline(Path(j.baseline_path), dplan.rows)
+                         if self.pairwise and j.baseline_path else None)
+
+    def row(self, row: dict, answers: list[str], missing: str | None = None) -> list[JudgeRequest]:
+        """Every judgement of `row`: `answers` are the model's answers to its first
+        turns; `missing` says why the next one is not there (its judgement, and the
+        later turns', become rows with `pre_error`)."""
+        j, out = self.j, []
         refs = list(row.get("reference") or [])
         for t in range(1, n_turns(row) + 1):
-            answers, pre_error = [], None
-            for k in range(1, t + 1):
-                req = by_turn.get((row["row_id"], k))
-                pred = preds.get(req.key) if req else None
-                if pred is None or pred.get("error") or pred.get("prediction") is None:
-                    why = (pred or {}).get("error") or "no prediction"
-                    pre_error = f"model answer of turn {k} missing ({why})"
-                    break
-                answers.append(pred["prediction"])
-            fields = dict(model=model, dataset=dplan.name, subject=row["subject"], row_id=row["row_id"], turn=t,
-                          endpoint=j.endpoint, kind=j.mode, parser=mode.verdict.name, max_tokens=j.max_tokens,
-                          temperature=j.temperature, guided=guided, baseline=j.baseline if pairwise else "",
-                          model_len=len(answers[-1]) if len(answers) == t else 0, baseline_len=0)
-            if not pairwise:
-                messages = prompt(row, answers) if pre_error is None else []
-                out.append(_request(endpoint, fields, "", messages, pre_error))
+            pre_error = None
+            if t > len(answers):
+                pre_error = f"model answer of turn {len(answers) + 1} missing ({missing or 'no prediction'})"
+            fields = dict(model=self.model, dataset=self.dplan.name, subject=row["subject"], row_id=row["row_id"],
+                          turn=t, endpoint=j.endpoint, kind=j.mode, parser=self.mode.verdict.name,
+                          max_tokens=j.max_tokens, temperature=j.temperature, guided=self.guided,
+                          baseline=j.baseline if self.pairwise else "",
+                          model_len=len(answers[t - 1]) if pre_error is None else 0, baseline_len=0)
+            mine = answers[:t]
+            if not self.pairwise:
+                messages = self.prompt(row, mine) if pre_error is None else []
+                out.append(_request(self.endpoint, fields, "", messages, pre_error))
                 continue
             # pairwise: the model against the baseline (or the reference answers)
-            other = (baseline or {}).get(row["row_id"]) if j.baseline_path else refs
+            other = (self.baseline or {}).get(row["row_id"]) if j.baseline_path else refs
             if pre_error is None and (not other or len(other) < t):
                 pre_error = (f"no {j.baseline} answer for turn {t}" if j.baseline_path
                              else f"no reference answer for turn {t}")
@@ -124,10 +120,10 @@ def judge_requests(dplan, preds: dict[str, dict], endpoint: dict, model: str) ->
             for order in (("AB", "BA") if j.both_orders else ("AB",)):
                 messages = []
                 if pre_error is None:
-                    first, second = (answers, other[:t]) if order == "AB" else (other[:t], answers)
-                    messages = prompt(row, first, second)
-                out.append(_request(endpoint, fields, order, messages, pre_error))
-    return out
+                    first, second = (mine, other[:t]) if order == "AB" else (other[:t], mine)
+                    messages = self.prompt(row, first, second)
+                out.append(_request(self.endpoint, fields, order, messages, pre_error))
+        return out
 
 
 def _request(endpoint: dict, fields: dict, order: str, messages: list[dict], pre_error) -> JudgeRequest:
