@@ -129,8 +129,7 @@ class Pipeline:
         self.stats = Counter()
         self.model_progress = Progress("model", {}, log)
         self.judge_progress = Progress("judge", {}, log) if self.judged else None
-        self.model_metrics = StreamMetrics("model", run_id, cfg.model.name)
-        self.judge_metrics = StreamMetrics("judge", run_id, cfg.model.name)
+        self.metrics: dict[str, StreamMetrics] = {}  # by stream, made once Ray runs (its metrics need it)
         self.limiters: set[str] = set()
         self.times: dict[str, float] = {}
 
@@ -246,7 +245,7 @@ class Pipeline:
         self.times["last_row"] = now
         self.store.write_part(batch)
         self.model_progress.update(batch)
-        self.model_metrics.update(batch, self.model_progress.rate())
+        self._metrics("model").update(batch, self.model_progress.rate())
         self.stats["rows"] += batch.num_rows
         self.stats["rows_turn"] += sum(t > 1 for t in batch.column("turn").to_pylist())
         self.served.update(w for w in zip(batch.column("node_id").to_pylist(), batch.column("replica").to_pylist())
@@ -262,9 +261,14 @@ class Pipeline:
         self.times["judge_end"] = time.perf_counter()
         self.jstore.write_part(batch)
         self.judge_progress.update(batch)
-        self.judge_metrics.update(batch, self.judge_progress.rate())
+        self._metrics("judge").update(batch, self.judge_progress.rate())
         self.stats["judged"] += batch.num_rows
         self.stats["judge_errors"] += batch.num_rows - batch.column("error").null_count
+
+    def _metrics(self, stream: str) -> StreamMetrics:
+        if stream not in self.metrics:
+            self.metrics[stream] = StreamMetrics(stream, self.run_id, self.cfg.model.name)
+        return self.metrics[stream]
 
     def _write_cannot_judge(self) -> None:
         if self.cannot_judge:

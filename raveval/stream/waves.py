@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from raveval.stream.stage import Stage
 
-# How long stop() waits for each wave's thread to reach its next batch and close its stream.
+# How long stop() waits for the waves' threads to reach their next batch and close their streams.
 STOP_WAIT_S = 5.0
 
 
@@ -71,8 +72,9 @@ class Waves:
         next batch; waits a bounded time for that, since Ray may be shut down next."""
         for w in self.running:
             w.stop.set()
+        deadline = time.monotonic() + STOP_WAIT_S
         for w in self.running:
-            w.thread.join(timeout=STOP_WAIT_S)
+            w.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.running.clear()
 
     def _consume(self, wave: Wave) -> None:
