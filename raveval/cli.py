@@ -111,7 +111,8 @@ def _run(cfg, work, ns) -> int:
         print(f"judge stage: {s['judged']} judgements asked, {s['judge_errors']} error rows{later}; "
               f"judgements in {work}/judgements")
     print("results: " + ", ".join(str(f) for f in result.files))
-    _report_after_run(work)
+    if ns.report:
+        _report_after_run(work)
     reasons = list(result.failed)
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
     r.add_argument("-v", "--verbose", action="store_true", help="show Ray's worker logs, and tracebacks of errors")
     r.add_argument("--dashboard", action="store_true", help="a local Ray starts its dashboard; its URL is printed")
+    r.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the HTML report (report.html and PNGs in WORK_DIR/report) at the end")
     r.add_argument("--no-subjects", dest="subjects", action="store_false", help="leave per-subject rows out of the printed table")
     r.set_defaults(fn=cmd_run)
     ls = sub.add_parser("list", help="list model, dataset and run configs matching all WORDs")

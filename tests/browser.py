@@ -45,7 +45,8 @@ class Browser:
                 break
             time.sleep(0.2)
         assert pages, "chromium opened no page"
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout_s)
+        self._connection = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout_s)
+        self.ws = self._connection.__enter__()
         self.ids = itertools.count(1)
         self.errors: list[str] = []
         self.loaded = False
@@ -99,8 +100,14 @@ class Browser:
     def eval(self, expression: str):
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in r:
-            raise RuntimeError(f"{expression}: {r['exceptionDetails'].get('text')}")
+            d = r["exceptionDetails"]
+            raise RuntimeError(f"{expression}: {d.get('exception', {}).get('description') or d.get('text')}")
         return r["result"].get("value")
+
+    def choose(self, select_id: str, value: str) -> None:
+        """Pick `value` in a <select> as a user would (its change event fires)."""
+        self.eval(f"(() => {{ const s = document.getElementById({json.dumps(select_id)}); "
+                  f"s.value = {json.dumps(value)}; s.dispatchEvent(new Event('change')); }})()")
 
     def wait_for(self, expression: str):
         """Poll until `expression` is truthy (bounded); its value."""
@@ -119,7 +126,7 @@ class Browser:
     def close(self) -> None:
         try:
             if getattr(self, "ws", None) is not None:
-                self.ws.close()
+                self._connection.__exit__(None, None, None)
         finally:
             self.proc.terminate()
             try:
