@@ -89,9 +89,18 @@ def _read(work: WorkDir, kind: str, columns: list[str], log):
     parts = store.parts()
     if not parts:
         return None
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    have = set(pq.read_schema(parts[0], filesystem=work.fs).names)
+    have = None
+    for part in parts:  # the columns of the first readable part (older runs may lack some)
+        try:
+            have = set(pq.read_schema(part, filesystem=work.fs).names)
+            break
+        except (OSError, pa.ArrowInvalid):
+            continue
+    if have is None:
+        return None
     try:
         return store.read(columns=[c for c in columns if c in have])
     except (OSError, WorkDirError) as e:
