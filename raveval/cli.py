@@ -61,6 +61,7 @@ def _run(cfg, work, ns) -> int:
         os.environ["RAVEVAL_DASHBOARD"] = "1"  # a local Ray with its dashboard (stream.cluster.init_ray)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
+    _notify(cfg, work, "start")
     try:
         result = run(cfg)
     # Another run holds the work_dir (nothing touched); the model could not start (Serve's
@@ -68,6 +69,8 @@ def _run(cfg, work, ns) -> int:
     # preflight; the work_dir cannot be read or written: one line each.
     except (WorkDirLocked, ModelStartError, MissingApiKey, PreflightFailed, WorkDirError) as e:
         print(f"raveval: {e}", file=sys.stderr)
+        # (A locked work_dir's run.json is the other run's: no run id then.)
+        _notify(cfg, work, "failure", run_id="-" if isinstance(e, WorkDirLocked) else "", reason=str(e))
         return 1
     except BaseException as e:
         signum = _signal_of(e)
@@ -76,6 +79,7 @@ def _run(cfg, work, ns) -> int:
                 raise
             print(f"raveval: the run failed: {type(e).__name__}: {_first_line(e)} (run with -v for the traceback "
                   f"and Ray's logs); {_kept(work)}; run the same command again to resume", file=sys.stderr)
+            _notify(cfg, work, "failure", reason=f"{type(e).__name__}: {_first_line(e)}")
             return 1
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
@@ -83,6 +87,7 @@ def _run(cfg, work, ns) -> int:
               f"run the same command again to resume", file=sys.stderr)
         try:
             shutdown(cfg)
+            _notify(cfg, work, "failure", status="interrupted", reason=f"stopped by {signal.Signals(signum).name}")
         finally:
             # Exit now: an interrupted Ray's exit hooks can still crash the interpreter's
             # teardown, and the status must say "interrupted", not "segfault".
@@ -106,6 +111,9 @@ def _run(cfg, work, ns) -> int:
         print(f"judge stage: {s['judged']} judgements asked, {s['judge_errors']} error rows{later}; "
               f"judgements in {work}/judgements")
     print("results: " + ", ".join(str(f) for f in result.files))
+    if ns.report:
+        _report_after_run(work)
+    reasons = list(result.failed)
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
     errors, total = error_rows(result.summary)
@@ -116,12 +124,37 @@ def _run(cfg, work, ns) -> int:
                   f"again (first: {next(iter(bad.values()))})", file=sys.stderr)
         print(f"raveval: {errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g}); "
               f"they are in {work}/predictions with the reason, and a re-run retries them", file=sys.stderr)
-        return 1
-    if result.failed:
+        reasons.append(f"{errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g})")
+    run_id = result.stats.get("run_id", "")
+    if reasons:
+        _notify(cfg, work, "failure", run_id=run_id, summary=result.summary, reason="; ".join(reasons))
         return 1
     print(f"raveval: {total - errors} of {total} rows scored" + (f", {errors} error rows within max_error_rate "
                                                                  f"{cfg.max_error_rate:g}" if errors else ""))
+    _notify(cfg, work, "finish", run_id=run_id, summary=result.summary)
     return 0
+
+
+def _notify(cfg, work, event: str, run_id: str = "", **details) -> None:
+    """Post a run event to the `notify:` targets (nothing without them); a failed post is one warning line."""
+    if not cfg.notify.targets:
+        return
+    from raveval.results.notify import notify
+
+    if not run_id and event != "start":  # the run's id, if the run got as far as writing run.json
+        run_id = _run_id(work)
+    run_id = "" if run_id == "-" else run_id
+    notify(cfg.notify, event, model=cfg.model.name, work_dir=str(work), run_id=run_id,
+           log=lambda msg: print(msg, file=sys.stderr), **details)
+
+
+def _run_id(work) -> str:
+    import json
+
+    try:
+        return json.loads(work.read_bytes("run.json") or b"{}").get("run_id", "")
+    except Exception:  # unreadable, or the storage is what failed
+        return ""
 
 
 class Interrupted(BaseException):
@@ -215,19 +248,49 @@ def cmd_list(ns) -> int:
 
 
 def cmd_report(ns) -> int:
-    from raveval.results.workdir import WorkDir, WorkDirError
+    """Print the summary (several work_dirs: side by side, with deltas), then write report.html and PNGs."""
+    from raveval.results.report_data import ReportError, label_runs, load_run
+    from raveval.results.workdir import WorkDirError
 
     try:
-        work = WorkDir(ns.work_dir)
-        text = work.read_bytes("summary.md")
-    except WorkDirError as e:
+        runs = [load_run(w, log=lambda msg: print(msg, file=sys.stderr)) for w in ns.work_dirs]
+        label_runs(runs)
+        from raveval.results.report import ReportExtraMissing, build_report, wide_markdown
+
+        print(wide_markdown(runs, subjects=ns.subjects), end="")
+        if ns.no_html:
+            return 0
+        try:
+            page, pngs = build_report(ns.work_dirs, ns.out, png=not ns.no_png,
+                                      log=lambda msg: print(msg, file=sys.stderr))
+        except ReportExtraMissing as e:
+            print(f"raveval: {e}", file=sys.stderr)
+            return 1
+    except (ReportError, WorkDirError) as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 1
-    if text is None:
-        print(f"raveval: no summary at {work}/summary.md", file=sys.stderr)
-        return 1
-    print(text.decode(), end="")
+    if pngs:
+        print(f"charts (PNG): {len(pngs)} files in {pngs[0].rsplit('/', 2)[0]}/png")
+    print(f"report: {page}")
     return 0
+
+
+def _report_after_run(work) -> None:
+    """The end of `raveval run`: the HTML report of the work_dir, or one line on why not (never fails the run)."""
+    try:
+        from raveval.results.report import ReportExtraMissing, build_report
+    except ImportError as e:  # pragma: no cover - a broken install
+        print(f"raveval: no HTML report: {e}", file=sys.stderr)
+        return
+    try:
+        page, _ = build_report([work.spec], log=lambda msg: print(msg, file=sys.stderr))
+    except ReportExtraMissing as e:
+        print(f"raveval: no HTML report: {e}".replace("the HTML report needs", "it needs"), file=sys.stderr)
+        return
+    except Exception as e:  # a report is a view of the results: it must not fail the run
+        print(f"raveval: no HTML report: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+        return
+    print(f"report: {page}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
     r.add_argument("-v", "--verbose", action="store_true", help="show Ray's worker logs, and tracebacks of errors")
     r.add_argument("--dashboard", action="store_true", help="a local Ray starts its dashboard; its URL is printed")
+    r.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the HTML report (report.html and PNGs in WORK_DIR/report) at the end")
     r.add_argument("--no-subjects", dest="subjects", action="store_false", help="leave per-subject rows out of the printed table")
     r.set_defaults(fn=cmd_run)
     ls = sub.add_parser("list", help="list model, dataset and run configs matching all WORDs")
@@ -253,8 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("args", nargs="*", metavar="ARG")
     sv.add_argument("--address", default="auto", help="the cluster for ls / down (default: auto)")
     sv.set_defaults(fn=cmd_serve)
-    rep = sub.add_parser("report", help="print the summary of a finished run")
-    rep.add_argument("work_dir")
+    rep = sub.add_parser("report", help="summary, HTML report and PNG charts of finished runs (several: side by side)",
+                         description="Print the summary of WORK_DIR (several: one column each, with each one's change "
+                                     "against the first) and write report.html (self-contained: charts, run facts, a "
+                                     "row browser) and png/*.png into --out (default: WORK_DIR/report for one work_dir, "
+                                     "./raveval-report for several).")
+    rep.add_argument("work_dirs", nargs="+", metavar="WORK_DIR")
+    rep.add_argument("--out", help="folder (or URI) for report.html and png/")
+    rep.add_argument("--no-png", action="store_true", help="write report.html only")
+    rep.add_argument("--no-html", action="store_true", help="print the summary only")
+    rep.add_argument("--subjects", action="store_true", help="print per-subject rows too")
     rep.set_defaults(fn=cmd_report)
     # Options may come between overrides (`raveval run demo -v x=y`): argparse leaves
     # the words after an option over, and they are overrides too.

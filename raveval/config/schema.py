@@ -147,3 +147,32 @@ class StreamConfig(Strict):
     # Caller actors (they take no CPU: they only wait) and calls in flight per caller.
     callers: int = Field(2, ge=1)
     calls_per_caller: int = Field(4, ge=1)
+
+
+class NotifyTarget(Strict):
+    """One place run events are posted to: a Lark (Feishu) custom bot, a Slack
+    incoming webhook, or any URL that takes a JSON body (`webhook`)."""
+    kind: Literal["lark", "slack", "webhook"]
+    # The webhook URL. Its path holds the bot's token, so the whole URL is a secret:
+    # shown as ********** wherever the config is saved or printed (give it as ${oc.env:VAR}).
+    url: SecretStr
+    # Lark: the bot's signing secret ("signature verification"); the posts carry timestamp and sign.
+    secret: Optional[SecretStr] = None
+    # Which run events go here.
+    events: list[Literal["start", "finish", "failure"]] = ["start", "finish", "failure"]
+
+    @model_validator(mode="after")
+    def _url(self):
+        if not self.url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("url: must start with http:// or https://")
+        if self.secret is not None and self.kind != "lark":
+            raise ValueError(f"secret: only a lark bot signs its posts (this target is {self.kind})")
+        return self
+
+
+class NotifyConfig(Strict):
+    """Run start, finish (with the headline table) and failure posted to chat bots or webhooks.
+    A notification that fails is one warning line: it never fails the run."""
+    targets: list[NotifyTarget] = []
+    # Seconds all the posts of one event may take together.
+    timeout_s: float = Field(10.0, gt=0)

@@ -9,7 +9,7 @@ import os
 from pydantic import Field, field_validator, model_validator
 
 from raveval.config.compose import ConfigError, compose, validate
-from raveval.config.schema import DatasetConfig, EndpointConfig, StreamConfig, Strict
+from raveval.config.schema import DatasetConfig, EndpointConfig, NotifyConfig, StreamConfig, Strict
 from raveval.engines.registry import AnyModelConfig
 from raveval.results.workdir import is_uri
 
@@ -54,6 +54,8 @@ class RunConfig(Strict):
     max_error_rate: float = Field(0.0, ge=0, le=1)
     # Check every judge and API model the run uses before any generation (http.preflight).
     preflight: bool = True
+    # Where run start, finish and failure are posted (Lark/Feishu, Slack, a JSON webhook).
+    notify: NotifyConfig = NotifyConfig()
 
     @field_validator("work_dir")
     @classmethod
