@@ -11,6 +11,11 @@
 # plus the few packages its import needs, so its adapter tests run on CPU
 # without LMDeploy changing torch/transformers/ray), full (lmdeploy with all
 # its dependencies, on GPU machines), none (its adapter tests skip).
+#
+# RAVEVAL_ALPACA_EVAL: nodeps (default: alpaca_eval==0.6.6 --no-deps plus what
+# `import alpaca_eval.metrics` needs, not its API clients, so the summary's
+# length-controlled win rate is alpaca_eval's and its comparison test runs),
+# none (our own GLM; that test skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,10 +29,12 @@ case "$VLLM" in cpu|gpu|none) ;; *) echo "RAVEVAL_VLLM must be cpu, gpu or none 
 case "$(uname -s)/$(uname -m)" in Linux/x86_64) default_lmdeploy=nodeps ;; *) default_lmdeploy=none ;; esac
 LMDEPLOY=${RAVEVAL_LMDEPLOY:-$default_lmdeploy}
 case "$LMDEPLOY" in nodeps|full|none) ;; *) echo "RAVEVAL_LMDEPLOY must be nodeps, full or none (got $LMDEPLOY)" >&2; exit 2 ;; esac
+ALPACA_EVAL=${RAVEVAL_ALPACA_EVAL:-nodeps}
+case "$ALPACA_EVAL" in nodeps|none) ;; *) echo "RAVEVAL_ALPACA_EVAL must be nodeps or none (got $ALPACA_EVAL)" >&2; exit 2 ;; esac
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip)
 stamp=$VENV/.raveval-installed
-want=$( (sha256sum pyproject.toml scripts/setup_env.sh; echo "vllm=$VLLM lmdeploy=$LMDEPLOY") | sha256sum | cut -c1-16)
+want=$( (sha256sum pyproject.toml scripts/setup_env.sh; echo "vllm=$VLLM lmdeploy=$LMDEPLOY alpaca_eval=$ALPACA_EVAL") | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "${pip[@]}" install -q --upgrade pip
     # CPU build of torch first, so the [hf] extra does not pull the CUDA one.
@@ -59,6 +66,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "setup_env: lmdeploy ($LMDEPLOY) installed but does not import; RAVEVAL_LMDEPLOY=none skips it" >&2
         "$VENV/bin/python" -c "import lmdeploy.serve.core, lmdeploy.archs" >&2 || true
         exit 1
+    fi
+    if [ "$ALPACA_EVAL" = nodeps ]; then
+        # Its import needs pkg_resources, which setuptools 81 dropped (torch wants >=77.0.3).
+        "${pip[@]}" install -q --no-deps "alpaca_eval==0.6.6"
+        "${pip[@]}" install -q python-dotenv fire datasets scipy scikit-learn patsy "setuptools>=77.0.3,<81"
+        if ! "$VENV/bin/python" -W ignore -c "import alpaca_eval.metrics" >/dev/null 2>&1; then
+            echo "setup_env: alpaca_eval installed but does not import; RAVEVAL_ALPACA_EVAL=none skips it" >&2
+            "$VENV/bin/python" -W ignore -c "import alpaca_eval.metrics" >&2 || true
+            exit 1
+        fi
     fi
     echo "$want" > "$stamp"
 fi

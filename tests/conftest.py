@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Tests never download: the Hugging Face hub client (alpaca_eval's GLM data, the
+# tiny model's tokenizer) answers from local files at once instead of retrying a
+# network it cannot reach. Set before anything imports huggingface_hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAVEVAL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -151,10 +151,16 @@ def test_mt_bench_run_judges_both_turns(ray_local, tmp_path):
 
 
 def test_api_model_under_test_alpacaeval_pairwise_and_alignbench(ray_local, tmp_path):
-    """engine: openai as the model under test; AlpacaEval pairwise (both orders)
-    and AlignBench per-dimension grading, judged by the same server."""
+    """engine: openai as the model under test; AlpacaEval pairwise (both orders,
+    our fallback prompt) and AlignBench per-dimension grading (AlignBench's own
+    prompt and dimension files), judged by the same server; the summary names
+    the prompts each used."""
+    from test_judge_prompts import alignbench_repo
+
     from raveval.run import evaluate as pipeline
     from raveval.run.config import load_config
+
+    repo = alignbench_repo(tmp_path / "AlignBench")
 
     data = tmp_path / "alpaca_eval.json"
     data.write_text(json.dumps([{"instruction": f"Write {i} words.", "output": "word " * (i + 1), "generator": "ref",
@@ -186,7 +192,8 @@ def test_api_model_under_test_alpacaeval_pairwise_and_alignbench(ray_local, tmp_
         data_cfg = {"loader": "alpacaeval", "path": str(data), "mode": "gen", "prompt": {"format": "chat"},
                     "judge": {"endpoint": "t", "mode": "pairwise", "max_tokens": 4}}
         align_cfg = {"loader": "alignbench", "path": str(align), "mode": "gen", "prompt": {"format": "chat"},
-                     "judge": {"endpoint": "t", "mode": "single"}}
+                     "judge": {"endpoint": "t", "mode": "single", "prompts_path": str(repo / "judge.py"),
+                               "config_path": str(repo / "config")}}
         cfg = cfg.model_validate({**cfg.model_dump(), "datasets": {**cfg.model_dump()["datasets"], "alpaca": data_cfg,
                                                                    "align": align_cfg},
                                   "judges": {"t": endpoint(srv, requests_per_minute=3000)}})
@@ -208,6 +215,11 @@ def test_api_model_under_test_alpacaeval_pairwise_and_alignbench(ray_local, tmp_
     assert m["win_rate"]["value"] == 0 and m["tie_rate"]["value"] == 1 and m["win_rate_adjusted"]["value"] == 0.5
     assert m["lc_win_rate"]["value"] == pytest.approx(0.5, abs=0.01) and m["win_rate"]["n"] == 6
     assert {"win_rate/helpful_base", "win_rate/oasst"} <= set(m)
+    assert m["win_rate"]["note"] == "judge prompts: raveval fallback wording"
+    # Not AlpacaEval's GLM data here (offline): our GLM, and the note says so.
+    assert m["lc_win_rate"]["note"].startswith("judge prompts: raveval fallback wording; raveval GLM")
+    assert a["score"]["note"] == f"judge prompts: alignbench official (prompt {repo / 'judge.py'}; dimensions {repo / 'config'})"
+    assert "1. 事实正确性: 信息准确。\n2. 逻辑连贯性: 前后一致。" in json.loads(graded["1"]["messages"])[0]["content"]
     gsm = {r["metric"]: r for r in result.summary.to_pylist() if r["dataset"] == "demo_gsm8k_gen"}
     assert gsm["accuracy"]["n"] == 2
 

@@ -95,8 +95,17 @@ class JudgeConfig(Strict):
     baseline_path: Optional[str] = None
     # Pairwise: judge both orders (A/B swapped) to cancel position bias.
     both_orders: bool = True
-    # MT-Bench: judge_prompts.jsonl (FastChat's) and GPT-4 reference answers.
+    # The judge prompts the benchmark publishes (without one, AlignBench and
+    # AlpacaEval use raveval's own wording; MT-Bench needs it): MT-Bench,
+    # FastChat's judge_prompts.jsonl; AlpacaEval, an annotator's prompt file
+    # (evaluators_configs/<annotator>/*.txt) or its folder (configs.yaml);
+    # AlignBench, its judge.py (the prompt is read from it, never run) or a text
+    # file with the same template.
     prompts_path: Optional[str] = None
+    # AlignBench: its config/multi-dimension.json (or that config/ folder), which
+    # names the dimension set, definition and subcategory mapping files.
+    config_path: Optional[str] = None
+    # MT-Bench: GPT-4 reference answers (FastChat's reference_answer/gpt-4.jsonl).
     reference_path: Optional[str] = None
     # MT-Bench categories judged against a reference answer.
     reference_categories: list[str] = ["math", "reasoning", "coding"]

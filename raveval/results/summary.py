@@ -5,11 +5,16 @@ import math
 
 import pyarrow as pa
 
+from raveval.tasks.benchmarks import benchmark
+from raveval.tasks.judging import prompts_used
 from raveval.tasks.scoring import aggregate, aggregate_subjective, is_score_metric
 
+# `note`: how a value was obtained where that decides whether it compares with a
+# leaderboard's (a judged dataset's judge prompts, the LC win rate's GLM); else null.
 SUMMARY_SCHEMA = pa.schema([
     ("model", pa.string()), ("dataset", pa.string()), ("metric", pa.string()),
     ("level", pa.string()), ("value", pa.float64()), ("n", pa.int64()), ("errors", pa.int64()),
+    ("note", pa.string()),
 ])
 
 
@@ -40,6 +45,11 @@ def summarize(plan, results: pa.Table | None, judgements: pa.Table | None = None
             continue
         if d.cfg.judge is not None:
             metrics = _subjective(d, judgements)
+            # The headline row names the judge prompts; other notes (the LC GLM) follow them.
+            prompts = f"judge prompts: {prompts_used(d.cfg)}"
+            for m in metrics:
+                if m is metrics[0] or m.get("note"):
+                    m["note"] = "; ".join(x for x in (prompts, m.get("note")) if x)
             if metrics[0]["n"] == 0:
                 failed.append(f"dataset {d.name}: no judgement succeeded ({metrics[0]['errors']} error rows)")
             rows += [{"model": model, "dataset": d.name, **m} for m in metrics]
@@ -82,7 +92,8 @@ def _subjective(d, judgements: pa.Table | None) -> list[dict]:
     else:  # the judge pass never ran: every answer counts as an error
         found = [{"subject": r.subject, "row_id": r.row_id, "turn": r.turn, "order": "", "error": "not judged"}
                  for r in d.requests]
-    return aggregate_subjective(found, d.cfg.judge.mode, d.groups)
+    return aggregate_subjective(found, d.cfg.judge.mode, d.groups,
+                                instruction_index=benchmark(d.cfg.loader).instruction_index)
 
 
 def _fmt(v, metric: str = "") -> str:
@@ -98,5 +109,7 @@ def markdown(summary: pa.Table, subjects: bool = True) -> str:
     subjects=False leaves out per-subject rows."""
     rows = [r for r in summary.to_pylist() if subjects or r["level"] != "subject"]
     head = "| model | dataset | metric | value | n | errors |\n|---|---|---|---:|---:|---:|\n"
-    return head + "".join(f"| {r['model']} | {r['dataset']} | {r['metric']} | {_fmt(r['value'], r['metric'])} "
-                          f"| {r['n']} | {r['errors']} |\n" for r in rows)
+    table = head + "".join(f"| {r['model']} | {r['dataset']} | {r['metric']} | {_fmt(r['value'], r['metric'])} "
+                           f"| {r['n']} | {r['errors']} |\n" for r in rows)
+    notes = [f"- {r['dataset']} {r['metric']}: {r['note']}\n" for r in rows if r.get("note")]
+    return table + ("\nNotes:\n" + "".join(notes) if notes else "")

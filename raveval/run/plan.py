@@ -11,7 +11,7 @@ from raveval.results.workdir import display
 from raveval.run.config import RunConfig
 from raveval.tasks import prompts
 from raveval.tasks.benchmarks import load_dataset
-from raveval.tasks.judging import check as judge_check
+from raveval.tasks.judging import check as judge_check, prompts_used
 from raveval.tasks.request import JudgeRequest, Request, bad_requests, build_requests
 
 
@@ -99,6 +99,7 @@ def describe(plan: Plan, finished: set[str] = frozenset()) -> str:
             lines.append(f"    judge: {j.mode}{vs} by {j.endpoint} ({e.model} at {public_url(e.base_url)}; "
                          f"{e.requests_per_minute or 'no limit'} req/min, {e.tokens_per_minute or 'no limit'} tok/min "
                          f"for the whole cluster; {e.max_concurrent} in flight over {cfg.judge_stream.callers} callers)")
+            lines.append(f"    judge prompts: {prompts_used(d.cfg)}")
     total = len(plan.requests)
     todo = sum(r.key not in finished and r.key not in plan.bad for r in plan.requests)
     lines.append(f"total rows: {total}, to run: {todo}")

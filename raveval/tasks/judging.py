@@ -55,6 +55,13 @@ def check(name: str, d) -> None:
                                   "use baseline: reference")
 
 
+def prompts_used(d) -> str:
+    """Which judge prompts a judged dataset config gets, in words: the benchmark's
+    published files or our fallback wording (the dry run and the summary say it)."""
+    spec = benchmark(d.loader)
+    return spec.judge_modes[d.judge.mode].prompts(d)
+
+
 def n_turns(row: dict) -> int:
     return len(row.get("turns") or [row["question"]])
 

@@ -15,6 +15,7 @@ import re
 from collections import defaultdict
 
 from raveval.tasks.benchmarks.common import LETTERS
+from raveval.tasks.length_control import length_controlled
 
 _NUMBER = r"-?[\d,]*\.?\d+"
 
@@ -139,40 +140,6 @@ def aggregate(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
 
 
 # ---- subjective (LLM-judged) datasets ----------------------------------------
-def lc_win_rate(preferences, model_lens, baseline_lens, l2: float = 1e-3) -> float:
-    """AlpacaEval 2's length-controlled win rate, in its minimal form.
-
-    A logistic regression (GLM) of the preference for the model (1 win, 0.5 tie,
-    0 loss: soft targets) on tanh(length difference / its standard deviation),
-    with an intercept; then the mean predicted preference with the length
-    difference set to zero: "what would the win rate be if both answers had
-    the same length". (AlpacaEval's full GLM adds a per-instruction
-    difficulty term fitted on its leaderboard's models, which a local run does
-    not have.) A small L2 penalty keeps the fit finite when the model wins or
-    loses every time.
-    """
-    import numpy as np
-
-    y = np.asarray(preferences, dtype=float)
-    n = len(y)
-    if n == 0:
-        return math.nan
-    delta = np.asarray(model_lens, dtype=float) - np.asarray(baseline_lens, dtype=float)
-    sd = float(delta.std(ddof=1)) if n > 1 else 0.0
-    x = np.tanh(delta / sd) if sd > 0 else np.zeros(n)
-    X = np.stack([np.ones(n), x], axis=1)
-    w = np.zeros(2)
-    for _ in range(100):  # Newton's method on the penalised log-loss
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        grad = X.T @ (p - y) + l2 * w
-        hess = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return float(1.0 / (1.0 + np.exp(-w[0])))
-
-
 def _units(rows: list[dict], mode: str) -> list[dict]:
     """One unit per (row, turn): single grading as is; pairwise orders combined
     (the mean of the model's outcomes; an error in either order fails the unit)."""
@@ -184,7 +151,7 @@ def _units(rows: list[dict], mode: str) -> list[dict]:
     units = []
     for group in by.values():
         err = next((r["error"] for r in group if r.get("error")), None)
-        outcomes = [r["outcome"] for r in group]
+        outcomes = [r.get("outcome") for r in group]
         if err is None and any(o is None for o in outcomes):
             err = "no verdict"
         first = group[0]
@@ -193,7 +160,8 @@ def _units(rows: list[dict], mode: str) -> list[dict]:
     return units
 
 
-def aggregate_subjective(rows: list[dict], mode: str, groups: dict[str, list[str]] | None = None) -> list[dict]:
+def aggregate_subjective(rows: list[dict], mode: str, groups: dict[str, list[str]] | None = None,
+                         instruction_index: bool = False) -> list[dict]:
     """Metrics of one judged dataset from its judgement rows (subject, row_id,
     turn, score / outcome, ratings, model_len, baseline_len, error).
 
@@ -202,7 +170,9 @@ def aggregate_subjective(rows: list[dict], mode: str, groups: dict[str, list[str
     `score_macro` over categories, and per dimension (`dim/<name>`, AlignBench).
     pairwise (both orders combined per row and turn): `win_rate`, `tie_rate`,
     `loss_rate`, `win_rate_adjusted` (ties count half), `lc_win_rate`
-    (length-controlled), and the win rate per turn and per category.
+    (length-controlled; its `note` says how it was computed), and the win
+    rate per turn and per category. `instruction_index`: the row ids are the
+    instructions' indices in AlpacaEval's set (alpaca_eval's own LC GLM is tried).
     """
     units = _units(rows, mode)
     ok = [u for u in units if not u.get("error")]
@@ -248,8 +218,10 @@ def aggregate_subjective(rows: list[dict], mode: str, groups: dict[str, list[str
     add("tie_rate", "dataset", (float(o == 0.5) for o in outcomes), n_err)
     add("loss_rate", "dataset", (float(o < 0.5) for o in outcomes), n_err)
     add("win_rate_adjusted", "dataset", outcomes, n_err)
-    lc = lc_win_rate(outcomes, [u["model_len"] for u in ok], [u["baseline_len"] for u in ok])
-    out.append({"metric": "lc_win_rate", "level": "dataset", "value": lc, "n": len(ok), "errors": n_err})
+    indices = [u["row_id"] for u in ok] if instruction_index and all(str(u["row_id"]).isdigit() for u in ok) else None
+    lc, note = length_controlled(outcomes, [u["model_len"] for u in ok], [u["baseline_len"] for u in ok], indices)
+    out.append({"metric": "lc_win_rate", "level": "dataset", "value": lc, "n": len(ok), "errors": n_err,
+                "note": note or None})
     if len(turns) > 1:
         for t in turns:
             add(f"win_rate/turn{t}", "turn", (float(u["outcome"] > 0.5) for u in ok if (u.get("turn") or 1) == t),

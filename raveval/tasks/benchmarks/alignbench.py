@@ -10,17 +10,35 @@ Judged by single grading on the dimensions of the question's answer type,
 against the reference answer; the judge ends with a score dict whose
 '综合得分' is the 1-10 overall rating (the format of AlignBench's judge), in
 Python or JSON quoting, so its verdict keeps the per-dimension scores too.
+
+AlignBench's own judge files, where the config names them:
+- `judge.config_path`: its config/multi-dimension.json (or that folder), whose
+  "Paths" name the dimension sets, their definitions and the subcategory ->
+  answer type mapping (relative to the repository root, as AlignBench's judge
+  reads them, or to the config folder, as OpenCompass's copy does);
+- `judge.prompts_path`: the judge prompt, from AlignBench's judge.py (or
+  OpenCompass's datasets/subjective/alignbench.py): the `base_prompt` string
+  literal is read from the file, never run; or a text file holding such a
+  template: a Python format string over {category}, {dimensions},
+  {question}, {reference} and {answer} (literal braces doubled). A template
+  without {answer} (OpenCompass's) gets the answer block appended.
+Without them, our own wording and dimension definitions are the fallback.
 """
 from __future__ import annotations
 
+import ast
+import json
 import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import NUM, Verdict, in_range
 
 from .common import Parsed, RowError, existing, make_row, read_jsonl, row_at
-from .spec import OPEN_CHAT, Benchmark, JudgeMode, Prompter
+from .spec import FALLBACK, OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter
 
 GROUPS = {
     "中文推理": ["数学计算", "逻辑推理"],
@@ -125,16 +143,35 @@ CATEGORY_TYPES = {"数学计算": "逻辑推理型回答", "逻辑推理": "逻�
                   "角色扮演": "生成型回答", "综合问答": "建议型回答"}
 
 
+@dataclass(frozen=True)
+class Dimensions:
+    """Which dimensions an answer is judged on: subcategory -> answer type ->
+    dimensions, and each dimension's definition."""
+    types: dict[str, str]
+    sets: dict[str, list[str]]
+    definitions: dict[str, str]
+
+    def of(self, subcategory: str, category: str = "") -> list[str]:
+        """By the subcategory's answer type, else by the category's (a subcategory
+        the mapping does not list), else the fact-and-explanation type."""
+        for kind in (self.types.get(subcategory), CATEGORY_TYPES.get(category), "事实与解释型回答"):
+            if kind in self.sets:
+                return self.sets[kind]
+        return next(iter(self.sets.values()))
+
+
+OURS = Dimensions(ANSWER_TYPES, DIMENSIONS, DEFINITIONS)
+
+
 def dimensions_of(subcategory: str, category: str = "") -> list[str]:
-    """The judged dimensions: by the subcategory's answer type (AlignBench's
-    subcategory mapping), else by the category's."""
-    kind = ANSWER_TYPES.get(subcategory) or CATEGORY_TYPES.get(category, "事实与解释型回答")
-    return DIMENSIONS[kind]
+    return OURS.of(subcategory, category)
 
 
-def judge_messages(question: str, answer: str, reference: str, category: str, subcategory: str) -> list[dict]:
-    dims = dimensions_of(subcategory, category)
-    listing = "".join(f"{i + 1}. {d}：{DEFINITIONS[d]}\n" for i, d in enumerate(dims))
+def judge_messages(question: str, answer: str, reference: str, category: str, subcategory: str,
+                   dims: Dimensions = OURS) -> list[dict]:
+    """Our own wording (the fallback), on the dimensions of `dims`."""
+    listing = "".join(f"{i + 1}. {d}：{dims.definitions.get(d, '')}\n"
+                      for i, d in enumerate(dims.of(subcategory, category)))
     if reference:
         kw = {"reference_note": "我们会给出用户的提问、一份高质量的参考答案和需要你评价的AI助手的答案。",
               "step_one": "将助手的答案与参考答案比较，指出助手的答案有哪些不足，并说明原因。",
@@ -147,6 +184,99 @@ def judge_messages(question: str, answer: str, reference: str, category: str, su
     user = _PROMPT.format(category=category or "通用问答", dimensions=listing, question=question,
                           answer=answer, **kw)
     return [{"role": "user", "content": user}]
+
+
+
+# ---- AlignBench's own judge files ---------------------------------------------
+_PATHS = {"dimension_set_filepath": "dimension sets", "dimension_def_filepath": "dimension definitions",
+          "subcategory_mapping": "subcategory mapping"}
+FIELDS = ("category", "dimensions", "question", "reference", "answer")
+# How OpenCompass appends the answer to a template that ends at the reference.
+ANSWER_BLOCK = "[助手的答案开始]\n{answer}\n[助手的答案结束]\n"
+
+
+def _json(path: Path, what: str, check) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise JudgeSetupError(f"{path}: not a JSON file ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and check(v) for k, v in data.items()):
+        raise JudgeSetupError(f"{path}: not AlignBench's {what}")
+    return data
+
+
+def load_dimensions(path: str | Path) -> Dimensions:
+    """AlignBench's dimension tables from its config/multi-dimension.json (or the folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "multi-dimension.json"
+    if not p.is_file():
+        raise JudgeSetupError(f"AlignBench config not found: {p} (judge.config_path: its config/multi-dimension.json)")
+    conf = _json(p, "config", lambda v: True)
+    paths = conf.get("Paths")
+    if not isinstance(paths, dict) or any(not isinstance(paths.get(k), str) for k in _PATHS):
+        raise JudgeSetupError(f"{p}: expected \"Paths\" with {', '.join(_PATHS)}")
+    files = {}
+    for key, what in _PATHS.items():
+        rel = Path(paths[key])
+        found = [b / r for b in (p.parent.parent, p.parent) for r in (rel, Path(rel.name)) if (b / r).is_file()]
+        if not found:
+            raise JudgeSetupError(f"{p}: {key} {rel} not found beside it or under {p.parent.parent}")
+        files[key] = found[0]
+    sets = _json(files["dimension_set_filepath"], "dimension sets",
+                 lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+    defs = _json(files["dimension_def_filepath"], "dimension definitions", lambda v: isinstance(v, str))
+    types = _json(files["subcategory_mapping"], "subcategory mapping", lambda v: isinstance(v, str))
+    undefined = sorted({d for dims in sets.values() for d in dims} - set(defs))
+    unknown = sorted(set(types.values()) - set(sets))
+    if not sets or undefined or unknown:
+        raise JudgeSetupError(f"{p}: its tables disagree: " + ("no dimension sets" if not sets else
+                              f"dimensions without a definition {undefined}" if undefined else
+                              f"answer types without a dimension set {unknown}"))
+    return Dimensions(types, sets, defs)
+
+
+def _template_in_python(text: str, path: Path) -> str:
+    """The `base_prompt = "..."` string literal of AlignBench's judge.py (or OpenCompass's copy), read, not run."""
+    try:
+        tree = ast.parse(text, str(path))
+    except SyntaxError as e:
+        raise JudgeSetupError(f"{path}: not Python ({e.msg}, line {e.lineno})") from None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "base_prompt" for t in node.targets)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            return node.value.value
+    raise JudgeSetupError(f"{path}: no `base_prompt = \"...\"` string in it (expected AlignBench's judge.py)")
+
+
+def load_judge_template(path: str | Path) -> str:
+    """AlignBench's judge prompt template, with {answer} (appended where it has none)."""
+    p = Path(path)
+    if not p.is_file():
+        raise JudgeSetupError(f"AlignBench judge prompt not found: {p} (judge.prompts_path)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JudgeSetupError(f"{p}: not UTF-8") from None
+    template = _template_in_python(text, p) if p.suffix == ".py" else text
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise JudgeSetupError(f"{p}: not a format string ({e}; double literal braces)") from None
+    unknown, missing = names - set(FIELDS), {"dimensions", "question"} - names
+    if unknown or missing:
+        raise JudgeSetupError(f"{p}: a judge template uses {{{'}, {'.join(FIELDS)}}}: "
+                              + (f"unknown {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"))
+    return template if "answer" in names else template + ANSWER_BLOCK
+
+
+def official_messages(template: str, dims: Dimensions, question: str, answer: str, reference: str,
+                      category: str, subcategory: str) -> list[dict]:
+    """AlignBench's prompt: its dimension lines, one user message."""
+    listing = "".join(f"{i + 1}. {d}: {dims.definitions.get(d, '')}\n"
+                      for i, d in enumerate(dims.of(subcategory, category)))
+    return [{"role": "user", "content": template.format(category=category, dimensions=listing, question=question,
+                                                        reference=reference, answer=answer)}]
 
 
 # ---- verdict -----------------------------------------------------------------
@@ -180,13 +310,28 @@ def parse_verdict(text: str) -> Optional[tuple[float, dict[str, float]]]:
 VERDICT = Verdict("alignbench", parse_verdict, "no score dict with 综合得分 in 1-10")
 
 
+def _prompts(cfg: DatasetConfig) -> str:
+    j = cfg.judge
+    if j.prompts_path and j.config_path:
+        return f"alignbench official (prompt {j.prompts_path}; dimensions {j.config_path})"
+    if j.prompts_path:
+        return f"alignbench prompt ({j.prompts_path}) with raveval's dimension definitions (fallback)"
+    if j.config_path:
+        return f"{FALLBACK} with alignbench dimensions ({j.config_path})"
+    return FALLBACK
+
+
 def _single(cfg: DatasetConfig) -> Prompter:
+    j = cfg.judge
+    dims = load_dimensions(j.config_path) if j.config_path else OURS
+    template = load_judge_template(j.prompts_path) if j.prompts_path else None
+
     def messages(row: dict, answers: list[str]) -> list[dict]:
         refs = row["reference"]
-        return judge_messages(row["question"], answers[0], refs[0] if refs else "", row["subject"],
-                              row["subcategory"])
+        args = (row["question"], answers[0], refs[0] if refs else "", row["subject"], row["subcategory"])
+        return official_messages(template, dims, *args) if template else judge_messages(*args, dims=dims)
     return messages
 
 
 BENCHMARK = Benchmark(name="alignbench", load=load, family=OPEN_CHAT,
-                      judge_modes={"single": JudgeMode(VERDICT, _single)})
+                      judge_modes={"single": JudgeMode(VERDICT, _single, _prompts)})

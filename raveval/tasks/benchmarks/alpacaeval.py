@@ -6,7 +6,14 @@ reference (baseline) output the model's answer is compared with, pairwise.
 instruction.
 
 Judged pairwise as AlpacaEval's judges do: the two outputs are named m and M,
-and the judge answers with the identifier of the better one.
+and the judge answers with the identifier of the better one. The judge prompt
+is AlpacaEval's own where `judge.prompts_path` names it: an annotator's prompt
+file (evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt, the
+prompt of the leaderboard's weighted_alpaca_eval_gpt4_turbo) or the
+annotator's folder, whose configs.yaml names its prompt. Those files are chat
+in alpaca_eval's text form ("<|im_start|>system\n...<|im_end|>") with
+{instruction}, {output_1} (shown first: m) and {output_2} (M). Without a path,
+our own wording (below) is the fallback.
 """
 from __future__ import annotations
 
@@ -15,11 +22,13 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import Verdict
 
 from .common import BadRow, DatasetError, Parsed, RowError, existing, make_row, row_at
-from .spec import OPEN_CHAT, Benchmark, JudgeMode, Prompter, chat
+from .spec import FALLBACK, OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, chat, no_config_path
 
 
 def _records(path: Path, bad: list[BadRow] | None) -> list[tuple[int, dict]]:
@@ -59,7 +68,7 @@ def load(cfg: DatasetConfig) -> Parsed:
     return Parsed(rows, {}, {}, bad)
 
 
-# ---- judge prompt and verdict --------------------------------------------------
+# ---- judge prompt (our fallback wording) and verdict ---------------------------
 _SYSTEM = ("You are a careful evaluator of instruction-following language models. You compare the "
            "outputs of two models for one instruction and say which output a human would prefer.")
 _USER = (
@@ -91,9 +100,102 @@ def parse_verdict(text: str) -> Optional[str]:
 VERDICT = Verdict("alpaca", parse_verdict, "no m/M", first="m", guided=("m", "M"))
 
 
+# ---- AlpacaEval's own prompt files ---------------------------------------------
+PLACEHOLDERS = ("instruction", "output_1", "output_2")
+_ROLES = ("system", "user", "assistant")
+
+
+def _annotator_prompt(folder: Path) -> Path:
+    """The prompt file an annotator folder's configs.yaml names ({name: {prompt_template: ...}})."""
+    conf_file = folder / "configs.yaml"
+    if not conf_file.is_file():
+        raise JudgeSetupError(f"{folder}: no configs.yaml; give an AlpacaEval annotator folder "
+                              f"(evaluators_configs/<annotator>/) or its prompt .txt file")
+    try:
+        data = yaml.safe_load(conf_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise JudgeSetupError(f"{conf_file}: not readable YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or len(data) != 1 or not isinstance(next(iter(data.values())), dict):
+        raise JudgeSetupError(f"{conf_file}: expected one annotator: {{name: {{prompt_template: ...}}}}")
+    name, conf = next(iter(data.items()))
+    kwargs = conf.get("completions_kwargs") or {}
+    if any(k in kwargs for k in ("tools", "functions", "tool_choice", "function_call")):
+        raise JudgeSetupError(f"{conf_file}: annotator {name} answers with a function call (a ranking); raveval "
+                              f"reads a plain m/M answer: use weighted_alpaca_eval_gpt4_turbo or "
+                              f"alpaca_eval_clf_gpt4_turbo")
+    template = conf.get("prompt_template")
+    if not isinstance(template, str):
+        raise JudgeSetupError(f"{conf_file}: annotator {name} has no prompt_template")
+    # alpaca_eval resolves it from evaluators_configs/, the folder's parent.
+    for base in (folder.parent, folder):
+        if (base / template).is_file():
+            return base / template
+    raise JudgeSetupError(f"{conf_file}: prompt_template {template} not found under {folder.parent}")
+
+
+def chat_messages(text: str, where: Path) -> list[dict]:
+    """alpaca_eval's chat text form: "<|im_start|>ROLE\nCONTENT<|im_end|>" blocks, each
+    content stripped; "system name=X" keeps its name. Text without markers: one user message."""
+    if "<|im_start|>" not in text:
+        return [{"role": "user", "content": text.strip()}]
+    out = []
+    for block in text.split("<|im_start|>")[1:]:
+        head, _, rest = block.partition("\n")
+        role, *params = head.split() or [""]
+        if role not in _ROLES:
+            raise JudgeSetupError(f"{where}: unknown chat role {head.strip()!r} after <|im_start|> "
+                                  f"(expected one of {', '.join(_ROLES)})")
+        msg = {"role": role, "content": rest.split("<|im_end|>", 1)[0].strip()}
+        msg.update({k: v for k, _, v in (p.partition("=") for p in params) if k == "name"})
+        out.append(msg)
+    return out
+
+
+def load_judge_prompt(path: str | Path) -> list[dict]:
+    """An AlpacaEval annotator's prompt (file or folder) as chat messages whose
+    contents still hold the {instruction}, {output_1} and {output_2} placeholders."""
+    p = Path(path)
+    if p.is_dir():
+        p = _annotator_prompt(p)
+    if not p.is_file():
+        raise JudgeSetupError(f"AlpacaEval judge prompt not found: {p} (judge.prompts_path)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JudgeSetupError(f"{p}: not UTF-8") from None
+    counts = {k: text.count("{" + k + "}") for k in PLACEHOLDERS}
+    if any(n == 0 for n in counts.values()):
+        raise JudgeSetupError(f"{p}: not an AlpacaEval judge prompt: placeholder(s) "
+                              f"{['{' + k + '}' for k, n in counts.items() if n == 0]} missing")
+    if any(n > 1 for n in counts.values()):
+        raise JudgeSetupError(f"{p}: a batched prompt (several examples per call) is not supported; "
+                              f"use an annotator with batch_size 1")
+    return chat_messages(text, p)
+
+
+def fill(template: list[dict], instruction: str, output_1: str, output_2: str) -> list[dict]:
+    """The messages with the placeholders replaced (in one pass, so text in an
+    output that looks like a placeholder stays as it is)."""
+    values = {"instruction": instruction, "output_1": output_1, "output_2": output_2}
+    pattern = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+    return [{**m, "content": pattern.sub(lambda g: values[g.group(1)], m["content"])} for m in template]
+
+
+def _prompts(cfg: DatasetConfig) -> str:
+    if not cfg.judge.prompts_path:
+        return FALLBACK
+    p = Path(cfg.judge.prompts_path)
+    return f"alpaca_eval {'annotator ' + p.name if p.is_dir() else p.name} ({p})"
+
+
 def _pairwise(cfg: DatasetConfig) -> Prompter:
-    return lambda row, first, second: judge_messages(row["question"], first[0], second[0])
+    no_config_path(cfg)
+    if not cfg.judge.prompts_path:
+        return lambda row, first, second: judge_messages(row["question"], first[0], second[0])
+    template = load_judge_prompt(cfg.judge.prompts_path)
+    return lambda row, first, second: fill(template, row["question"], first[0], second[0])
 
 
 BENCHMARK = Benchmark(name="alpacaeval", load=load, family=OPEN_CHAT,
-                      judge_modes={"pairwise": JudgeMode(VERDICT, _pairwise)}, baseline=load_baseline)
+                      judge_modes={"pairwise": JudgeMode(VERDICT, _pairwise, _prompts)}, baseline=load_baseline,
+                      instruction_index=True)

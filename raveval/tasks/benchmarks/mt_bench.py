@@ -22,7 +22,7 @@ from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import PAIR, RATING
 
 from .common import DatasetError, Parsed, RowError, existing, make_row, read_jsonl, row_at
-from .spec import OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, chat
+from .spec import OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, chat, no_config_path
 
 
 def load_answers(path: Path) -> dict[str, list[str]]:
@@ -122,7 +122,12 @@ def _judge_prompts(cfg: DatasetConfig) -> dict[str, dict]:
         raise JudgeSetupError("mt_bench needs prompt.format: chat (turn 2 follows turn 1 in the chat)")
     if not cfg.judge.prompts_path:
         raise JudgeSetupError("mt_bench needs judge.prompts_path (FastChat's judge_prompts.jsonl)")
+    no_config_path(cfg)
     return load_judge_prompts(cfg.judge.prompts_path)
+
+
+def _prompts(cfg: DatasetConfig) -> str:
+    return f"fastchat {Path(cfg.judge.prompts_path or 'judge_prompts.jsonl').name} ({cfg.judge.prompts_path})"
 
 
 def _refs(cfg: DatasetConfig, row: dict, t: int) -> list[str]:
@@ -149,6 +154,6 @@ def _pairwise(cfg: DatasetConfig) -> Prompter:
 
 BENCHMARK = Benchmark(
     name="mt_bench", load=load, family=OPEN_CHAT,
-    judge_modes={"single": JudgeMode(RATING, _single), "pairwise": JudgeMode(PAIR, _pairwise)},
+    judge_modes={"single": JudgeMode(RATING, _single, _prompts), "pairwise": JudgeMode(PAIR, _pairwise, _prompts)},
     baseline=lambda path, rows: load_answers(path),
 )

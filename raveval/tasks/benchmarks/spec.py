@@ -49,6 +49,10 @@ OPEN_CHAT = Family(header="", template="{question}", shot_answer="")
 Prompter = Callable[..., list[dict]]
 
 
+# What a judge prompt of our own wording is called where the benchmark's files are not given.
+FALLBACK = "raveval fallback wording"
+
+
 @dataclass(frozen=True)
 class JudgeMode:
     verdict: Verdict
@@ -56,6 +60,9 @@ class JudgeMode:
     # prompt needs; returns the prompter. Called at plan time too, so a bad
     # setup fails before any model call.
     setup: Callable[[DatasetConfig], Prompter]
+    # Which judge prompts the config gets, in words (the dry run and the
+    # summary name them): the benchmark's published files, or our fallback.
+    prompts: Callable[[DatasetConfig], str] = lambda cfg: FALLBACK
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class Benchmark:
     # A split without labels (C-Eval test): the leaderboard's submission file from the
     # predictions (rows with subject, row_id, answer_pred) -> a JSON object.
     submission: Optional[Callable[[list[dict]], dict]] = None
+    # Row ids are the indices of AlpacaEval's instructions: its own length-controlled
+    # win rate GLM (per-instruction difficulty) applies where the package is installed.
+    instruction_index: bool = False
 
     def family_of(self, cfg: DatasetConfig) -> Family:
         return self.family if isinstance(self.family, Family) else self.family(cfg)
@@ -81,3 +91,9 @@ class Benchmark:
 def chat(system: str, user: str) -> list[dict]:
     """A judge prompt: an optional system message, then the user message."""
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def no_config_path(cfg: DatasetConfig) -> None:
+    """judge.config_path is AlignBench's; another benchmark refuses it rather than ignore it."""
+    if cfg.judge.config_path:
+        raise JudgeSetupError(f"judge.config_path is read by alignbench only, not {cfg.loader}")
