@@ -243,6 +243,26 @@ def test_batcher_groups_by_key_and_respects_max_batch():
     assert b.batches_run == 4 and b.items_run == 7
 
 
+def test_batcher_groups_rows_in_flight_by_length():
+    """All rows waiting are candidates: a batch takes the oldest and those closest to it in size."""
+    calls = []
+
+    def run(key, items):
+        calls.append(sorted(items))
+        return items
+
+    b = MicroBatcher(run, max_batch=4)
+    sizes = [50, 7, 300, 52, 9, 301, 48, 8, 299, 51, 6, 302]
+
+    async def main():
+        return await asyncio.gather(*(b.submit("k", s, size=s) for s in sizes))
+
+    assert asyncio.run(main()) == sizes
+    b.close()
+    # Each batch: the oldest row waiting and its neighbours in size, not the next four to arrive.
+    assert calls == [[48, 50, 51, 52], [6, 7, 8, 9], [299, 300, 301, 302]]
+
+
 # ---- the shared token rules ------------------------------------------------
 def test_shared_token_rules():
     from raveval.engines.tokens import cut_at_stop, first_stop, plan_ll, split_context

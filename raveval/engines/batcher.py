@@ -1,10 +1,13 @@
 """A small async micro-batcher.
 
-Callers `await submit(key, item)`; a worker task takes the waiting requests
-that share the first one's key (at most `max_batch`), runs the synchronous
-`run(key, items) -> results` in one worker thread and resolves each caller's
-future. The event loop stays free while a batch runs, so the next batch forms
-from whatever arrives meanwhile; there is no timer, so no added latency.
+Callers `await submit(key, item, size)`; a worker task takes the oldest
+waiting request and, of the others that share its key, those closest to it in
+`size` (at most `max_batch` in all), runs the synchronous `run(key, items) ->
+results` in one worker thread and resolves each caller's future. Every row in
+flight is a candidate, so a batch holds prompts of similar length (little
+padding) and the oldest request always goes next (none waits forever). The
+event loop stays free while a batch runs, so the next batch forms from
+whatever arrives meanwhile; there is no timer, so no added latency.
 """
 from __future__ import annotations
 
@@ -25,17 +28,18 @@ class MicroBatcher:
         self.max_batch = max(1, max_batch)
         # One thread: the model runs one batch at a time, in submission order.
         self._executor = ThreadPoolExecutor(1, "raveval-batch", initializer=thread_init)
-        self._pending: deque[tuple[Hashable, Any, asyncio.Future]] = deque()
+        self._pending: deque[tuple[Hashable, Any, asyncio.Future, int]] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches_run = 0  # for tests and stats
         self.items_run = 0
 
-    async def submit(self, key: Hashable, item: Any) -> Any:
+    async def submit(self, key: Hashable, item: Any, size: int = 0) -> Any:
+        """`size`: the item's length (characters of the prompt will do): batches group similar sizes."""
         self._ensure_worker()
         fut = self._loop.create_future()
-        self._pending.append((key, item, fut))
+        self._pending.append((key, item, fut, size))
         self._wake.set()
         return await fut
 
@@ -50,18 +54,16 @@ class MicroBatcher:
             self._worker = loop.create_task(self._work())
 
     def _take(self) -> tuple[Hashable, list[tuple[Any, asyncio.Future]]]:
-        key = self._pending[0][0]
-        batch, rest = [], deque()
-        while self._pending:
-            entry = self._pending.popleft()
-            if entry[2].done():  # caller gave up (cancelled)
-                continue
-            if entry[0] == key and len(batch) < self.max_batch:
-                batch.append((entry[1], entry[2]))
-            else:
-                rest.append(entry)
-        self._pending = rest
-        return key, batch
+        live = [e for e in self._pending if not e[2].done()]  # skip callers that gave up (cancelled)
+        if not live:
+            self._pending = deque()
+            return None, []
+        key, _, _, size = live[0]
+        same = [i for i, e in enumerate(live) if e[0] == key]
+        # Closest in size to the oldest first (the oldest itself at distance 0); ties by age.
+        chosen = set(sorted(same, key=lambda i: abs(live[i][3] - size))[: self.max_batch])
+        self._pending = deque(e for i, e in enumerate(live) if i not in chosen)
+        return key, [(live[i][1], live[i][2]) for i in sorted(chosen)]
 
     async def _work(self) -> None:
         while True:
@@ -98,7 +100,7 @@ class MicroBatcher:
         """Stop the worker (its waiting callers are cancelled) and the thread."""
         if self._worker is not None and self._loop is asyncio.get_running_loop():
             self._worker.cancel()
-        for _, _, fut in self._pending:
+        for _, _, fut, _ in self._pending:
             fut.cancel()
         await asyncio.to_thread(self._executor.shutdown)  # lets a running batch end
 

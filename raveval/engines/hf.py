@@ -69,6 +69,11 @@ class _ChoiceConstraint:
         return scores + mask
 
 
+def _size(prompt: Prompt) -> int:
+    """A prompt's length in characters: what the micro-batcher groups by (no tokenizing on the event loop)."""
+    return len(prompt) if isinstance(prompt, str) else sum(len(str(m.get("content", ""))) for m in prompt)
+
+
 class HFEngine(Engine):
     supports_choices = True
 
@@ -241,10 +246,10 @@ class HFEngine(Engine):
         return self.loglikelihood_batch(items)
 
     async def generate(self, prompt: Prompt, params: GenParams) -> GenOutput:
-        return await self.batcher.submit(("gen", _norm(params)), prompt)
+        return await self.batcher.submit(("gen", _norm(params)), prompt, _size(prompt))
 
     async def loglikelihood(self, context: Prompt, continuations: list[str]) -> LLOutput:
-        return await self.batcher.submit(("ll",), (context, list(continuations)))
+        return await self.batcher.submit(("ll",), (context, list(continuations)), _size(context))
 
     async def close(self) -> None:
         await self.batcher.aclose()
