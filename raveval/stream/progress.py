@@ -56,6 +56,7 @@ class Progress:
         """Count a finished batch (its `dataset` and `error` columns)."""
         if self._first is None:
             self._first = (time.monotonic(), batch.num_rows)
+            self._last = self._first[0]  # the first plain line comes every_s after the first batch
         datasets = batch.column("dataset").to_pylist()
         failed = pc.invert(pc.is_null(batch.column("error"))).to_pylist()
         for d, bad in zip(datasets, failed):
