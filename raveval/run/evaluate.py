@@ -89,12 +89,13 @@ def run(cfg: RunConfig, log=print) -> RunResult:
             raise
         finally:
             _write_run_file(work, {**record, "finished": _now(), "status": status, "replicas": replica_rows(served)})
-            # A finished run's replicas are idle: wait until they are gone. On an
-            # error only ask Serve to delete them, so the run ends now; on an
-            # interrupt of a local run, Ray itself goes next.
+            # On a cluster a finished run's replicas are idle: wait until they are
+            # gone (the resources are free for the next job). On a local Ray, or
+            # after an error, only ask Serve to delete them, so the run ends now;
+            # on an interrupt of a local run, Ray itself goes next.
             try:
                 if status != "interrupted" or cfg.ray_address != "local":
-                    delete_app(app, wait=ok)
+                    delete_app(app, wait=ok and cfg.ray_address != "local")
             except Exception as e:
                 if ok:
                     raise

@@ -31,9 +31,9 @@ def _fields(row: dict, names: dict[str, str]) -> dict:
     return fields
 
 
-def _fill(template: str, row: dict, names: dict) -> str:
+def _fill(template: str, row: dict, names: dict, fields: dict | None = None) -> str:
     try:
-        return template.format(**_fields(row, names))
+        return template.format(**(fields or _fields(row, names)))
     except (KeyError, IndexError) as e:
         raise PromptError(f"template {template!r} uses {e} which row {row.get('row_id')!r} lacks") from None
 
@@ -44,28 +44,46 @@ def continuations(row: dict, chat: bool) -> list[str]:
     return [sep + LETTERS[i] for i in range(len(row.get("choices") or []))]
 
 
+class PromptBuilder:
+    """The prompts of one dataset: `builder(row, shots)` is a string (plain) or a
+    list of chat messages. The filled shots are kept: every row of a subject has the same."""
+
+    def __init__(self, cfg: DatasetConfig):
+        fam = benchmark(cfg.loader).family_of(cfg)
+        self.p, self.names = cfg.prompt, fam.subject_names
+        self.template = self.p.template or fam.template
+        self.header = fam.header if self.p.header is None else self.p.header
+        self.shot_answer = self.p.shot_answer or fam.shot_answer
+        self._shots: dict[tuple[int, ...], list[tuple[str, str]]] = {}
+
+    def _shot_pairs(self, shots: list[dict]) -> list[tuple[str, str]]:
+        key = tuple(id(s) for s in shots)  # the same rows of the few-shot file
+        if key not in self._shots:
+            self._shots[key] = [(_fill(self.template, s, self.names), _fill(self.shot_answer, s, self.names))
+                                for s in shots]
+        return self._shots[key]
+
+    def __call__(self, row: dict, shots: list[dict]) -> str | list[dict]:
+        p, fields = self.p, _fields(row, self.names)
+        question = _fill(self.template, row, self.names, fields)
+        header = _fill(self.header, row, self.names, fields) if self.header else ""
+        shot_pairs = self._shot_pairs(shots)
+        if p.format == "plain":
+            text = header + "".join(q + a + "\n\n" for q, a in shot_pairs) + question
+            return (p.system + "\n\n" + text) if p.system else text
+        # Chat: shots as earlier rounds (as OpenCompass does), header in the first user turn.
+        messages = [{"role": "system", "content": p.system}] if p.system else []
+        turns = shot_pairs + [(question, None)]
+        for i, (q, a) in enumerate(turns):
+            messages.append({"role": "user", "content": (header if i == 0 else "") + q})
+            if a is not None:
+                messages.append({"role": "assistant", "content": a.strip()})
+        return messages
+
+
 def build_prompt(cfg: DatasetConfig, row: dict, shots: list[dict]) -> str | list[dict]:
-    """The prompt of one row: a string (plain) or a list of chat messages."""
-    fam = benchmark(cfg.loader).family_of(cfg)
-    p = cfg.prompt
-    template = p.template or fam.template
-    header = fam.header if p.header is None else p.header
-    shot_answer = p.shot_answer or fam.shot_answer
-    fill = lambda t, r: _fill(t, r, fam.subject_names)  # noqa: E731
-    question = fill(template, row)
-    header = fill(header, row) if header else ""
-    shot_pairs = [(fill(template, s), fill(shot_answer, s)) for s in shots]
-    if p.format == "plain":
-        text = header + "".join(q + a + "\n\n" for q, a in shot_pairs) + question
-        return (p.system + "\n\n" + text) if p.system else text
-    # Chat: shots as earlier rounds (as OpenCompass does), header in the first user turn.
-    messages = [{"role": "system", "content": p.system}] if p.system else []
-    turns = shot_pairs + [(question, None)]
-    for i, (q, a) in enumerate(turns):
-        messages.append({"role": "user", "content": (header if i == 0 else "") + q})
-        if a is not None:
-            messages.append({"role": "assistant", "content": a.strip()})
-    return messages
+    """The prompt of one row (a builder for one row: datasets use PromptBuilder)."""
+    return PromptBuilder(cfg)(row, shots)
 
 
 def pick_shots(cfg: DatasetConfig, fewshot: dict[str, list[dict]], row: dict) -> list[dict]:

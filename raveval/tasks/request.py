@@ -99,9 +99,19 @@ def replace(row, **changes):
 def row_key(model_id: dict, dataset: str, row_id: str, prompt: str, continuations: list[str], params: str,
             mode: str) -> str:
     """Stable key of one request: same model, row, prompt and parameters -> same key."""
-    blob = json.dumps([model_id, dataset, row_id, prompt, continuations, params, mode], ensure_ascii=False,
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return RowKeys(model_id, dataset)(row_id, prompt, continuations, params, mode)
+
+
+class RowKeys:
+    """`row_key` for the rows of one model and dataset: the JSON of their shared
+    head is made once (the same bytes as row_key's list: keys of stored rows stay valid)."""
+
+    def __init__(self, model_id: dict, dataset: str):
+        self.head = "[" + ", ".join(json.dumps(x, ensure_ascii=False, sort_keys=True) for x in (model_id, dataset))
+
+    def __call__(self, row_id: str, prompt: str, continuations: list[str], params: str, mode: str) -> str:
+        tail = json.dumps([row_id, prompt, continuations, params, mode], ensure_ascii=False)
+        return hashlib.sha256((self.head + ", " + tail[1:]).encode()).hexdigest()[:32]
 
 
 def encode_prompt(prompt: Prompt) -> tuple[str, bool]:
@@ -128,15 +138,16 @@ def build_requests(name: str, d: DatasetConfig, loaded, model: str, model_id: di
 
     chat = d.prompt.format == "chat"
     params = gen_params(d) if d.mode == "gen" else ""
+    build, keys = prompts.PromptBuilder(d), RowKeys(model_id, name)
     out = []
     for row in loaded.rows:
         if d.mode == "ll" and not row["choices"]:
             raise prompts.PromptError(f"row {row['row_id']!r} has no choices, so it cannot run in ll mode")
         shots = prompts.pick_shots(d, loaded.fewshot, row)
-        text, is_chat = encode_prompt(prompts.build_prompt(d, row, shots))
+        text, is_chat = encode_prompt(build(row, shots))
         conts = prompts.continuations(row, chat) if d.mode == "ll" else []
         out.append(Request(
-            key=row_key(model_id, name, row["row_id"], text, conts, params, d.mode),
+            key=keys(row["row_id"], text, conts, params, d.mode),
             model=model, dataset=name, subject=row["subject"], row_id=row["row_id"], mode=d.mode, chat=is_chat,
             prompt=text, continuations=conts, params=params, choices=list(row["choices"]), gold=row["gold"],
             answer=d.answer, judged=d.judge is not None))
