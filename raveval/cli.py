@@ -16,17 +16,21 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_run(ns) -> int:
     from raveval.config.compose import ConfigError
-    from raveval.run.config import load_config
+    from raveval.run.models import ModelsRun, load_run
 
     config, overrides = _split(ns.args)
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_run(config, overrides)
     except ConfigError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 2
     from raveval.results.workdir import WorkDir, WorkDirError
 
     try:
+        if isinstance(cfg, ModelsRun):
+            if ns.dry_run:
+                return _dry_run_models(cfg)
+            return _run_models(cfg, ns)
         work = WorkDir(cfg.work_dir)
         if ns.dry_run:  # no Ray: the plan only
             return _dry_run(cfg, work)
@@ -46,13 +50,67 @@ def _dry_run(cfg, work) -> int:
     return 1 if any(d.error for d in plan.datasets) else 0
 
 
+def _dry_run_models(many) -> int:
+    from raveval.results.workdir import WorkDir
+    from raveval.run.models import describe_placement
+
+    print(f"work_dir: {many.work_dir} (a sub-directory per model)")
+    print(describe_placement(many.configs))
+    code = 0
+    for cfg in many.configs:
+        print()
+        code |= _dry_run(cfg, WorkDir(cfg.work_dir))
+    return code
+
+
 def _run(cfg, work, ns) -> int:
+    from raveval.results.summary import markdown
+    from raveval.run.evaluate import run
+
+    result = _guarded(lambda: run(cfg), cfg, [work], ns)
+    if isinstance(result, int):
+        return result
+    print()
+    print(markdown(result.summary, subjects=ns.subjects))
+    return _outcome(result, cfg, work)
+
+
+def _run_models(many, ns) -> int:
+    from raveval.results.summary import wide_markdown
+    from raveval.results.workdir import WorkDir
+    from raveval.run.models import run_models
+
+    works = [WorkDir(c.work_dir) for c in many.configs]
+    out = _guarded(lambda: run_models(many), many.configs[0], works, ns)
+    if isinstance(out, int):
+        return out
+    code = 0
+    for cfg, work in zip(many.configs, works):
+        name = cfg.model.name
+        print()
+        print(f"model {name} ({work}):")
+        if name in out.errors:
+            print(f"raveval: model {name} FAILED: {out.errors[name]}", file=sys.stderr)
+            code = 1
+        else:
+            code |= _outcome(out.results[name], cfg, work)
+    print()
+    print(wide_markdown(out.summary, many.names, subjects=ns.subjects))
+    print("results: " + ", ".join(str(f) for f in out.files))
+    if out.errors:
+        print(f"raveval: {len(out.errors)} of {len(many.configs)} models failed: "
+              + "; ".join(f"{n}: {why}" for n, why in out.errors.items()), file=sys.stderr)
+    return code
+
+
+def _guarded(go, cfg, works, ns):
+    """`go()`'s result, or the exit status after saying in one line why it stopped
+    (an error, or a signal: then Ray is shut down and the process exits here)."""
     from raveval.http.keys import MissingApiKey
     from raveval.http.preflight import PreflightFailed
     from raveval.results.lock import WorkDirLocked
-    from raveval.results.summary import markdown
     from raveval.results.workdir import WorkDirError
-    from raveval.run.evaluate import run, shutdown
+    from raveval.run.evaluate import shutdown
     from raveval.serving.deploy import ModelStartError
 
     if ns.verbose:
@@ -62,7 +120,7 @@ def _run(cfg, work, ns) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
-        result = run(cfg)
+        return go()
     # Another run holds the work_dir (nothing touched); the model could not start (Serve's
     # reason, or what it waited for) or its API key is not set here; an endpoint failed the
     # preflight; the work_dir cannot be read or written: one line each.
@@ -75,11 +133,11 @@ def _run(cfg, work, ns) -> int:
             if ns.verbose or not isinstance(e, Exception):
                 raise
             print(f"raveval: the run failed: {type(e).__name__}: {_first_line(e)} (run with -v for the traceback "
-                  f"and Ray's logs); {_kept(work)}; run the same command again to resume", file=sys.stderr)
+                  f"and Ray's logs); {_kept(works)}; run the same command again to resume", file=sys.stderr)
             return 1
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(work)}; "
+        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(works)}; "
               f"run the same command again to resume", file=sys.stderr)
         try:
             shutdown(cfg)
@@ -91,8 +149,10 @@ def _run(cfg, work, ns) -> int:
             os._exit(128 + signum)
     finally:
         shutdown(cfg)
-    print()
-    print(markdown(result.summary, subjects=ns.subjects))
+
+
+def _outcome(result, cfg, work) -> int:
+    """Print how one model's run went (rows, judge stage, files, failures); its exit status."""
     s = result.stats
     if s.get("rows"):
         print(f"{s['rows']} rows in {s['wall_s']:.1f}s: model serving after {s['ready_s']:.1f}s, first batch after "
@@ -151,14 +211,17 @@ def _signal_of(e: BaseException) -> int | None:
     return None
 
 
-def _kept(work) -> str:
+def _kept(works) -> str:
     from raveval.results.store import Store
 
+    n = 0
     try:
-        table = Store(work).read(columns=["key"])
+        for work in works:
+            table = Store(work).read(columns=["key"])
+            n += 0 if table is None else table.num_rows
     except Exception as e:  # the interrupt may have cut a read or write short
-        return f"the finished rows are kept in {work} (not counted: {type(e).__name__})"
-    return f"{0 if table is None else table.num_rows} finished rows are kept in {work}"
+        return f"the finished rows are kept in {', '.join(map(str, works))} (not counted: {type(e).__name__})"
+    return f"{n} finished rows are kept in {', '.join(map(str, works))}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -219,7 +282,8 @@ def cmd_report(ns) -> int:
 
     try:
         work = WorkDir(ns.work_dir)
-        text = work.read_bytes("summary.md")
+        # A run of several models: its wide table (a column per model); else the summary.
+        text = work.read_bytes("summary_wide.md") or work.read_bytes("summary.md")
     except WorkDirError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 1
@@ -235,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run an evaluation", description=(
         "Run CONFIG (a .yaml path or a config name under conf/; default: the demo) with key=value overrides, "
-        "e.g. `raveval run demo datasets.demo_gsm8k_gen.limit=4 model.replicas=2`."))
+        "e.g. `raveval run demo datasets.demo_gsm8k_gen.limit=4 model.replicas=2`; several models with "
+        "models=[tiny_hf,instant]."))
     r.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]")
     r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
     r.add_argument("-v", "--verbose", action="store_true", help="show Ray's worker logs, and tracebacks of errors")

@@ -93,13 +93,17 @@ def _deploy(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[Secr
     # Only the keys the user set: the replica validates them again, and checks of
     # the form "set explicitly" (num_gpus, dtype) must see the same config.
     target = serve.RunTarget(dep.bind(cfg.model_dump(exclude_unset=True), api_key), name=app, route_prefix=cfg.http_route)
-    serve.run_many([target], wait_for_applications_running=False)
+    with _deploy_lock:
+        serve.run_many([target], wait_for_applications_running=False)
     if track:
         _deployed[app] = fingerprint
     return app
 
 
 _deployed: dict[str, str] = {}  # app -> config fingerprint of what this driver deployed and has not deleted
+# One deploy at a time in this driver: Serve's serialization of an app (cloudpickle's
+# by-value registry) is not thread-safe, and several models' runs may deploy at once.
+_deploy_lock = threading.Lock()
 
 
 def delete(app: str, wait: bool) -> None:
