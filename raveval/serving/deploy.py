@@ -79,6 +79,11 @@ def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str, api_key: Optional[Se
 
 def _deploy(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[SecretStr], track: bool = False) -> str:
     """Start (or keep) Serve app `app` for the model; `track`: this driver deletes it when done."""
+    with _deploy_lock:
+        return _deploy_now(cfg, max_ongoing, app, api_key, track)
+
+
+def _deploy_now(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[SecretStr], track: bool) -> str:
     opts = deployment_options(cfg, max_ongoing)
     # Deploying the same model again in the same run (a second stream, e.g.
     # MT-Bench's turn 2) keeps the running replicas: Serve would otherwise
@@ -93,16 +98,16 @@ def _deploy(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[Secr
     # Only the keys the user set: the replica validates them again, and checks of
     # the form "set explicitly" (num_gpus, dtype) must see the same config.
     target = serve.RunTarget(dep.bind(cfg.model_dump(exclude_unset=True), api_key), name=app, route_prefix=cfg.http_route)
-    with _deploy_lock:
-        serve.run_many([target], wait_for_applications_running=False)
+    serve.run_many([target], wait_for_applications_running=False)
     if track:
         _deployed[app] = fingerprint
     return app
 
 
 _deployed: dict[str, str] = {}  # app -> config fingerprint of what this driver deployed and has not deleted
-# One deploy at a time in this driver: Serve's serialization of an app (cloudpickle's
-# by-value registry) is not thread-safe, and several models' runs may deploy at once.
+# One deploy at a time in this driver: Serve's configs serialize their classes through
+# cloudpickle's by-value registry, which is not thread-safe, and several models' runs
+# (raveval.run.models) may deploy at once.
 _deploy_lock = threading.Lock()
 
 
