@@ -282,8 +282,9 @@ def cmd_report(ns) -> int:
 
     try:
         work = WorkDir(ns.work_dir)
-        # A run of several models: its wide table (a column per model); else the summary.
-        text = work.read_bytes("summary_wide.md") or work.read_bytes("summary.md")
+        # The last run here was one of several models (its run.json lists them): its
+        # wide table, a column per model; else the summary.
+        text = (_of_many_models(work) and work.read_bytes("summary_wide.md")) or work.read_bytes("summary.md")
     except WorkDirError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 1
@@ -292,6 +293,17 @@ def cmd_report(ns) -> int:
         return 1
     print(text.decode(), end="")
     return 0
+
+
+def _of_many_models(work) -> bool:
+    """Whether the last run on `work` was one of several models (`models: [...]`)."""
+    import json
+
+    raw = work.read_bytes("run.json")
+    try:
+        return raw is not None and "models" in json.loads(raw)
+    except ValueError:  # cut short or not JSON: take the summary
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
