@@ -29,8 +29,6 @@ from raveval.results.store import Store
 from raveval.results.summary import SUMMARY_SCHEMA, markdown, wide_csv, wide_markdown
 from raveval.results.workdir import WorkDir
 from raveval.run.config import RunConfig, run_config
-from raveval.run.evaluate import RunResult, new_run_id, run
-from raveval.stream.cluster import init_ray
 
 WIDE_FILES = ("summary_wide.csv", "summary_wide.md")
 
@@ -49,7 +47,7 @@ class ModelsRun:
 
 @dataclass
 class ModelsResult:
-    results: dict[str, RunResult] = field(default_factory=dict)  # model name -> its run's result
+    results: dict = field(default_factory=dict)                  # model name -> its run's RunResult
     errors: dict[str, str] = field(default_factory=dict)         # model name -> why it could not be evaluated
     files: list[str] = field(default_factory=list)
     summary: pa.Table | None = None                              # the long table of every model
@@ -144,6 +142,10 @@ def describe_placement(configs: list[RunConfig]) -> str:
 def run_models(many: ModelsRun, log=print) -> ModelsResult:
     """Evaluate every model (see the module's doc); hold the top-level work_dir's
     lock throughout (`WorkDirLocked` if another run holds it)."""
+    # Ray and Serve load here, not when a config is read (--dry-run, config errors).
+    from raveval.run.evaluate import new_run_id, run
+    from raveval.stream.cluster import init_ray
+
     top = WorkDir(many.work_dir)
     run_id = new_run_id("models")
     out = ModelsResult()
