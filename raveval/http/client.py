@@ -14,6 +14,10 @@ advised time (or the backoff) and halves its requests in flight.
 Other 4xx fail at once. A request whose retries are exhausted raises
 `RequestFailed` with the reason; callers turn it into an error row.
 
+Each attempt, each 429 and each wait for the limiter is counted as a Ray
+metric (raveval.http.metrics), tagged by the run, model, dataset, stage and
+endpoint the client's builder names.
+
 The API key is handed over by whoever builds the client (the driver reads it,
 raveval.http.keys); it is kept in the session's headers only, never in a
 message, a repr or a log.
