@@ -16,17 +16,21 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_run(ns) -> int:
     from raveval.config.compose import ConfigError
-    from raveval.run.config import load_config
+    from raveval.run.models import ModelsRun, load_run
 
     config, overrides = _split(ns.args)
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_run(config, overrides)
     except ConfigError as e:
         print(f"raveval: {e}", file=sys.stderr)
         return 2
     from raveval.results.workdir import WorkDir, WorkDirError
 
     try:
+        if isinstance(cfg, ModelsRun):
+            if ns.dry_run:
+                return _dry_run_models(cfg)
+            return _run_models(cfg, ns)
         work = WorkDir(cfg.work_dir)
         if ns.dry_run:  # no Ray: the plan only
             return _dry_run(cfg, work)
@@ -46,13 +50,79 @@ def _dry_run(cfg, work) -> int:
     return 1 if any(d.error for d in plan.datasets) else 0
 
 
+def _dry_run_models(many) -> int:
+    from raveval.results.workdir import WorkDir
+    from raveval.run.models import describe_placement
+
+    print(f"work_dir: {many.work_dir} (a sub-directory per model)")
+    print(describe_placement(many.configs))
+    code = 0
+    for cfg in many.configs:
+        print()
+        code |= _dry_run(cfg, WorkDir(cfg.work_dir))
+    return code
+
+
 def _run(cfg, work, ns) -> int:
+    from raveval.results.summary import markdown
+    from raveval.run.evaluate import run
+
+    result = _guarded(lambda: run(cfg), cfg, [work], work, ns)
+    if isinstance(result, int):
+        return result
+    print()
+    print(markdown(result.summary, subjects=ns.subjects))
+    code, reasons = _outcome(result, cfg, work)
+    if ns.report:
+        _report_after_run([work], work)
+    _notify_outcome(cfg, work, result.stats.get("run_id", ""), result.summary, reasons)
+    return code
+
+
+def _run_models(many, ns) -> int:
+    from raveval.results.summary import wide_markdown
+    from raveval.results.workdir import WorkDir
+    from raveval.run.models import run_models
+
+    works = [WorkDir(c.work_dir) for c in many.configs]
+    top = WorkDir(many.work_dir)
+    out = _guarded(lambda: run_models(many), many.configs[0], works, top, ns)
+    if isinstance(out, int):
+        return out
+    code, reasons = 0, []
+    for cfg, work in zip(many.configs, works):
+        name = cfg.model.name
+        print()
+        print(f"model {name} ({work}):")
+        if name in out.errors:
+            print(f"raveval: model {name} FAILED: {out.errors[name]}", file=sys.stderr)
+            code = 1
+        else:
+            c, why = _outcome(out.results[name], cfg, work)
+            code |= c
+            reasons += [f"{name}: {r}" for r in why]
+    print()
+    print(wide_markdown(out.summary, many.names, subjects=ns.subjects))
+    print("results: " + ", ".join(str(f) for f in out.files))
+    if ns.report:
+        _report_after_run([w for c, w in zip(many.configs, works) if c.model.name not in out.errors], top)
+    if out.errors:
+        print(f"raveval: {len(out.errors)} of {len(many.configs)} models failed: "
+              + "; ".join(f"{n}: {why}" for n, why in out.errors.items()), file=sys.stderr)
+        reasons += [f"{n}: {why}" for n, why in out.errors.items()]
+    _notify_outcome(many.configs[0], top, _run_id(top), out.summary, reasons)
+    return code
+
+
+def _guarded(go, cfg, works, work, ns):
+    """`go()`'s result, or the exit status after saying in one line why it stopped
+    (an error, or a signal: then Ray is shut down and the process exits here).
+    `works`: the work_dirs of the models; `work`: the run's (notifications name it)."""
     from raveval.http.keys import MissingApiKey
     from raveval.http.preflight import PreflightFailed
     from raveval.results.lock import WorkDirLocked
-    from raveval.results.summary import markdown
     from raveval.results.workdir import WorkDirError
-    from raveval.run.evaluate import run, shutdown
+    from raveval.run.evaluate import shutdown
     from raveval.serving.deploy import ModelStartError
 
     if ns.verbose:
@@ -63,7 +133,7 @@ def _run(cfg, work, ns) -> int:
         signal.signal(signum, _interrupt)
     _notify(cfg, work, "start")
     try:
-        result = run(cfg)
+        return go()
     # Another run holds the work_dir (nothing touched); the model could not start (Serve's
     # reason, or what it waited for) or its API key is not set here; an endpoint failed the
     # preflight; the work_dir cannot be read or written: one line each.
@@ -78,12 +148,12 @@ def _run(cfg, work, ns) -> int:
             if ns.verbose or not isinstance(e, Exception):
                 raise
             print(f"raveval: the run failed: {type(e).__name__}: {_first_line(e)} (run with -v for the traceback "
-                  f"and Ray's logs); {_kept(work)}; run the same command again to resume", file=sys.stderr)
+                  f"and Ray's logs); {_kept(works)}; run the same command again to resume", file=sys.stderr)
             _notify(cfg, work, "failure", reason=f"{type(e).__name__}: {_first_line(e)}")
             return 1
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(work)}; "
+        print(f"raveval: stopped by {signal.Signals(signum).name}; {_kept(works)}; "
               f"run the same command again to resume", file=sys.stderr)
         try:
             shutdown(cfg)
@@ -96,8 +166,11 @@ def _run(cfg, work, ns) -> int:
             os._exit(128 + signum)
     finally:
         shutdown(cfg)
-    print()
-    print(markdown(result.summary, subjects=ns.subjects))
+
+
+def _outcome(result, cfg, work) -> tuple[int, list[str]]:
+    """Print how one model's run went (rows, judge stage, files, failures); its exit
+    status and the reasons it failed."""
     s = result.stats
     if s.get("rows"):
         print(f"{s['rows']} rows in {s['wall_s']:.1f}s: model serving after {s['ready_s']:.1f}s, first batch after "
@@ -111,8 +184,6 @@ def _run(cfg, work, ns) -> int:
         print(f"judge stage: {s['judged']} judgements asked, {s['judge_errors']} error rows{later}; "
               f"judgements in {work}/judgements")
     print("results: " + ", ".join(str(f) for f in result.files))
-    if ns.report:
-        _report_after_run(work)
     reasons = list(result.failed)
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
@@ -125,14 +196,18 @@ def _run(cfg, work, ns) -> int:
         print(f"raveval: {errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g}); "
               f"they are in {work}/predictions with the reason, and a re-run retries them", file=sys.stderr)
         reasons.append(f"{errors} of {total} rows ended in errors (max_error_rate {cfg.max_error_rate:g})")
-    run_id = result.stats.get("run_id", "")
     if reasons:
-        _notify(cfg, work, "failure", run_id=run_id, summary=result.summary, reason="; ".join(reasons))
-        return 1
+        return 1, reasons
     print(f"raveval: {total - errors} of {total} rows scored" + (f", {errors} error rows within max_error_rate "
                                                                  f"{cfg.max_error_rate:g}" if errors else ""))
-    _notify(cfg, work, "finish", run_id=run_id, summary=result.summary)
-    return 0
+    return 0, []
+
+
+def _notify_outcome(cfg, work, run_id: str, summary, reasons: list[str]) -> None:
+    if reasons:
+        _notify(cfg, work, "failure", run_id=run_id, summary=summary, reason="; ".join(reasons))
+    else:
+        _notify(cfg, work, "finish", run_id=run_id, summary=summary)
 
 
 def _notify(cfg, work, event: str, run_id: str = "", **details) -> None:
@@ -184,14 +259,17 @@ def _signal_of(e: BaseException) -> int | None:
     return None
 
 
-def _kept(work) -> str:
+def _kept(works) -> str:
     from raveval.results.store import Store
 
+    n = 0
     try:
-        table = Store(work).read(columns=["key"])
+        for work in works:
+            table = Store(work).read(columns=["key"])
+            n += 0 if table is None else table.num_rows
     except Exception as e:  # the interrupt may have cut a read or write short
-        return f"the finished rows are kept in {work} (not counted: {type(e).__name__})"
-    return f"{0 if table is None else table.num_rows} finished rows are kept in {work}"
+        return f"the finished rows are kept in {', '.join(map(str, works))} (not counted: {type(e).__name__})"
+    return f"{n} finished rows are kept in {', '.join(map(str, works))}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -249,11 +327,15 @@ def cmd_list(ns) -> int:
 
 def cmd_report(ns) -> int:
     """Print the summary (several work_dirs: side by side, with deltas), then write report.html and PNGs."""
-    from raveval.results.report_data import ReportError, label_runs, load_run
+    from raveval.results.report_data import ReportError, beside, expand_work_dirs, label_runs, load_run
     from raveval.results.workdir import WorkDirError
 
     try:
-        runs = [load_run(w, log=lambda msg: print(msg, file=sys.stderr)) for w in ns.work_dirs]
+        # A run of several models (models: [...]) stands for its models' work_dirs.
+        work_dirs = expand_work_dirs(ns.work_dirs)
+        out = ns.out or (beside(ns.work_dirs[0], "report") if len(ns.work_dirs) == 1 and len(work_dirs) > 1
+                         else None)
+        runs = [load_run(w, log=lambda msg: print(msg, file=sys.stderr)) for w in work_dirs]
         label_runs(runs)
         from raveval.results.report import ReportExtraMissing, build_report, wide_markdown
 
@@ -261,7 +343,7 @@ def cmd_report(ns) -> int:
         if ns.no_html:
             return 0
         try:
-            page, pngs = build_report(ns.work_dirs, ns.out, png=not ns.no_png,
+            page, pngs = build_report(work_dirs, out, png=not ns.no_png,
                                       log=lambda msg: print(msg, file=sys.stderr))
         except ReportExtraMissing as e:
             print(f"raveval: {e}", file=sys.stderr)
@@ -275,15 +357,20 @@ def cmd_report(ns) -> int:
     return 0
 
 
-def _report_after_run(work) -> None:
-    """The end of `raveval run`: the HTML report of the work_dir, or one line on why not (never fails the run)."""
+def _report_after_run(works, top) -> None:
+    """The end of `raveval run`: the HTML report of the models' work_dirs (in `top`/report),
+    or one line on why not (never fails the run)."""
+    if not works:
+        return
     try:
         from raveval.results.report import ReportExtraMissing, build_report
+        from raveval.results.report_data import beside
     except ImportError as e:  # pragma: no cover - a broken install
         print(f"raveval: no HTML report: {e}", file=sys.stderr)
         return
     try:
-        page, _ = build_report([work.spec], log=lambda msg: print(msg, file=sys.stderr))
+        out = None if len(works) == 1 else beside(top.spec, "report")
+        page, _ = build_report([w.spec for w in works], out, log=lambda msg: print(msg, file=sys.stderr))
     except ReportExtraMissing as e:
         print(f"raveval: no HTML report: {e}".replace("the HTML report needs", "it needs"), file=sys.stderr)
         return
@@ -298,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run an evaluation", description=(
         "Run CONFIG (a .yaml path or a config name under conf/; default: the demo) with key=value overrides, "
-        "e.g. `raveval run demo datasets.demo_gsm8k_gen.limit=4 model.replicas=2`."))
+        "e.g. `raveval run demo datasets.demo_gsm8k_gen.limit=4 model.replicas=2`; several models with "
+        "models=[tiny_hf,instant]."))
     r.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]")
     r.add_argument("--dry-run", action="store_true", help="print the plan (model, replicas, datasets, rows) and stop")
     r.add_argument("-v", "--verbose", action="store_true", help="show Ray's worker logs, and tracebacks of errors")

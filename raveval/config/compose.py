@@ -69,6 +69,11 @@ def compose(config: str | None = None, overrides: list[str] = ()) -> tuple[dict,
     from omegaconf.errors import OmegaConfBaseException
 
     primary_dir, name = _locate(config or DEFAULT_CONFIG)
+    for o in overrides:  # Hydra would merge the listed model configs into one model
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "model" and value.lstrip().startswith("["):
+            raise ConfigError(f"override {o!r}: `model` takes one model config; to evaluate several in one run, "
+                              f"use models={value.strip()}")
     extra = [d for d in search_dirs() if d != primary_dir]
     search = [f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra)}]"] if extra else []
     # Plain `key=value` sets a value whether or not the YAML has the key (`++`):
@@ -85,6 +90,9 @@ def compose(config: str | None = None, overrides: list[str] = ()) -> tuple[dict,
         raise ConfigError(f"config {primary_dir / (name + '.yaml')}: {e}") from None
     except yaml.YAMLError as e:  # a config file that is not YAML: its file, line and column
         raise ConfigError(f"not valid YAML: {_yaml_place(e)}") from None
+    if isinstance(choices.get("model"), list):
+        raise ConfigError(f"config {primary_dir / (name + '.yaml')}: its defaults list `model: {choices['model']}`; "
+                          f"`model` takes one model config: to evaluate several, list them under `models:`")
     sources = {"primary": primary_dir / f"{name}.yaml", "choices": choices, "overrides": list(overrides)}
     return data, sources
 

@@ -53,7 +53,9 @@ class OpenAIEngine(Engine):
         from raveval.http.limiter import make_limiter
 
         self.cfg = cfg
-        self.client = ChatClient(cfg.api, make_limiter(cfg.api), api_key=api_key)
+        # Metrics tagged by the model (a replica serves rows of any run and dataset).
+        self.client = ChatClient(cfg.api, make_limiter(cfg.api), api_key=api_key,
+                                 metric_tags={"model": cfg.name, "stage": "model", "endpoint": cfg.api.model})
 
     async def generate(self, prompt: Prompt, params: GenParams) -> GenOutput:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]

@@ -14,6 +14,10 @@ advised time (or the backoff) and halves its requests in flight.
 Other 4xx fail at once. A request whose retries are exhausted raises
 `RequestFailed` with the reason; callers turn it into an error row.
 
+Each attempt, each 429 and each wait for the limiter is counted as a Ray
+metric (raveval.http.metrics), tagged by the run, model, dataset, stage and
+endpoint the client's builder names.
+
 The API key is handed over by whoever builds the client (the driver reads it,
 raveval.http.keys); it is kept in the session's headers only, never in a
 message, a repr or a log.
@@ -34,6 +38,7 @@ from pydantic import SecretStr
 
 from raveval.config.secrets import public_url
 from raveval.http.keys import MissingApiKey
+from raveval.http.metrics import EndpointMetrics
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -111,10 +116,12 @@ def request_headers(cfg, api_key: Optional[SecretStr]) -> dict[str, str]:
 
 
 class ChatClient:
-    def __init__(self, cfg, limiter=None, max_concurrent: Optional[int] = None, api_key: Optional[SecretStr] = None):
+    def __init__(self, cfg, limiter=None, max_concurrent: Optional[int] = None, api_key: Optional[SecretStr] = None,
+                 metric_tags: Optional[dict] = None):
         """`cfg`: an EndpointConfig. `limiter`: LocalLimiter / RemoteLimiter (None: none).
         `max_concurrent`: overrides cfg.max_concurrent (the stage splits it across its actors).
-        `api_key`: the key of cfg.api_key_env, as the driver read it (raveval.http.keys.read_key)."""
+        `api_key`: the key of cfg.api_key_env, as the driver read it (raveval.http.keys.read_key).
+        `metric_tags`: run, model, stage, endpoint of the Ray metrics it records (http.metrics)."""
         self.cfg = cfg
         self.url = endpoint_url(cfg.base_url, "chat/completions")
         self.shown_url = public_url(self.url)  # what messages say: no credentials
@@ -125,6 +132,7 @@ class ChatClient:
         self._loop = None
         self._sem: Optional[asyncio.Semaphore] = None
         self.requests_sent = 0
+        self.metrics = EndpointMetrics({"endpoint": cfg.model, **(metric_tags or {})})
 
     def __repr__(self) -> str:  # no headers: they hold the key
         return f"ChatClient({self.shown_url!r}, model={self.cfg.model!r})"
@@ -148,7 +156,9 @@ class ChatClient:
 
     async def chat(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0,
                    top_p: Optional[float] = None, stop: Optional[list[str]] = None,
-                   seed: Optional[int] = None, extra: Optional[dict] = None) -> ChatResult:
+                   seed: Optional[int] = None, extra: Optional[dict] = None,
+                   dataset: Optional[str] = None) -> ChatResult:
+        """`dataset`: the row's dataset, a tag of the metrics this request records."""
         session = self._ensure_session()
         body = {"model": self.cfg.model, "messages": messages, "max_tokens": max_tokens,
                 "temperature": temperature, **self.cfg.extra_body}
@@ -167,12 +177,15 @@ class ChatClient:
         while True:
             wait, lease, outcome = None, None, "error"
             if self.limiter is not None:  # a slot of the endpoint's requests in flight, and the rate
+                t_wait = time.perf_counter()
                 lease, delay = await self.limiter.enter(est)
                 if delay > 0:
                     await asyncio.sleep(delay)
+                self.metrics.waited(time.perf_counter() - t_wait, dataset)
             try:
                 async with self._sem:
                     self.requests_sent += 1
+                    self.metrics.sent(dataset)
                     try:
                         async with session.post(self.url, data=data) as resp:
                             status, headers = resp.status, resp.headers
@@ -204,6 +217,8 @@ class ChatClient:
                         elif status in RETRY_STATUS or status >= 500:
                             reason = f"HTTP {status}: {_snippet(raw)}"
                             advised = retry_after_s(headers) if status in (429, 503) else None
+                            if status == 429:
+                                self.metrics.got_429(dataset)
                             if status == 429 or advised is not None:
                                 # The endpoint as a whole is over its limit: every caller waits.
                                 outcome = "throttled"

@@ -13,7 +13,7 @@ import math
 from importlib import resources
 
 from raveval.results.report_charts import all_charts, datasets_of
-from raveval.results.report_data import ROW_FIELDS, ReportError, RunData, label_runs, load_run
+from raveval.results.report_data import ROW_FIELDS, ReportError, beside, RunData, label_runs, load_run
 from raveval.results.workdir import WorkDir
 from raveval.tasks.scoring import is_score_metric
 
@@ -128,12 +128,6 @@ def render_html(runs: list[RunData], charts: list[dict], bundle: str) -> str:
     return page
 
 
-def _beside(spec: str, name: str) -> str:
-    """The folder `name` inside a work_dir given as a path or a URI (before its ?query, if it has one)."""
-    base, q, query = str(spec).partition("?")
-    return f"{base.rstrip('/')}/{name}" + (q + query if q else "")
-
-
 def build_report(work_dirs: list[str], out: str | None = None, png: bool = True, log=print) -> tuple[str, list[str]]:
     """Write report.html (and png/<chart>.png) for the work_dirs into `out` (a
     folder or URI; default: <the work_dir>/report for one, ./raveval-report for
@@ -142,7 +136,7 @@ def build_report(work_dirs: list[str], out: str | None = None, png: bool = True,
     runs = [load_run(w, log=log) for w in work_dirs]
     label_runs(runs)
     charts = all_charts(runs)
-    target = WorkDir(out or (_beside(work_dirs[0], "report") if len(work_dirs) == 1 else "raveval-report"))
+    target = WorkDir(out or (beside(work_dirs[0], "report") if len(work_dirs) == 1 else "raveval-report"))
     target.write_bytes(render_html(runs, charts, vlc.javascript_bundle()).encode(), REPORT_FILE)
     pngs = []
     if png:

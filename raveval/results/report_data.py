@@ -58,6 +58,25 @@ ROW_FIELDS = ["dataset", "subject", "row_id", "turn", "prompt", "prediction", "a
               "judge"]
 
 
+def beside(spec: str, name: str) -> str:
+    """The folder `name` inside a work_dir given as a path or a URI (before its ?query, if it has one)."""
+    base, q, query = str(spec).partition("?")
+    return f"{base.rstrip('/')}/{name}" + (q + query if q else "")
+
+
+def expand_work_dirs(specs: list[str]) -> list[str]:
+    """Each work_dir, or for a run of several models (`models: [...]`, its run.json
+    lists them) the sub-directories of its models, in their order."""
+    out = []
+    for spec in specs:
+        models = _json(WorkDir(spec), "run.json").get("models")
+        if isinstance(models, dict) and models:
+            out += [beside(spec, m["work_dir"].partition("?")[0].rstrip("/").rsplit("/", 1)[-1]) for m in models.values()]
+        else:
+            out.append(spec)
+    return out
+
+
 def load_run(spec: str, log=print) -> RunData:
     """Everything the report shows of one work_dir (local folder or URI)."""
     work = WorkDir(spec)

@@ -113,3 +113,37 @@ def markdown(summary: pa.Table, subjects: bool = True) -> str:
                            f"| {r['n']} | {r['errors']} |\n" for r in rows)
     notes = [f"- {r['dataset']} {r['metric']}: {r['note']}\n" for r in rows if r.get("note")]
     return table + ("\nNotes:\n" + "".join(notes) if notes else "")
+
+
+def wide(summary: pa.Table, models: list[str]) -> list[dict]:
+    """The summary as OpenCompass prints it: one row per (dataset, metric), one
+    column per model (None where a model has no value), rows in first-seen order."""
+    rows: dict[tuple, dict] = {}
+    for r in summary.to_pylist():
+        row = rows.setdefault((r["dataset"], r["metric"]), {"dataset": r["dataset"], "metric": r["metric"],
+                                                             "level": r["level"], **{m: None for m in models}})
+        if r["model"] in row:
+            row[r["model"]] = r["value"]
+    return list(rows.values())
+
+
+def wide_csv(summary: pa.Table, models: list[str]) -> bytes:
+    import io
+
+    import pyarrow.csv as pacsv
+
+    schema = pa.schema([("dataset", pa.string()), ("metric", pa.string()), *((m, pa.float64()) for m in models)])
+    table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "level"} for r in wide(summary, models)],
+                                 schema=schema)
+    out = io.BytesIO()
+    pacsv.write_csv(table, out)
+    return out.getvalue()
+
+
+def wide_markdown(summary: pa.Table, models: list[str], subjects: bool = True) -> str:
+    """The wide table in Markdown (a model without a value shows -); subjects=False leaves out per-subject rows."""
+    rows = [r for r in wide(summary, models) if subjects or r["level"] != "subject"]
+    head = f"| dataset | metric | {' | '.join(models)} |\n|---|---|{'---:|' * len(models)}\n"
+    return head + "".join(f"| {r['dataset']} | {r['metric']} | "
+                          + " | ".join("-" if r[m] is None else _fmt(r[m], r["metric"]) for m in models) + " |\n"
+                          for r in rows)

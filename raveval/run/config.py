@@ -88,7 +88,12 @@ class RunConfig(Strict):
 def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConfig:
     """Compose CONFIG (a name or a .yaml path) with key=value overrides and validate it."""
     data, sources = compose(config, overrides)
-    _no_stray_dataset_overrides(data, overrides)
+    return run_config(data, sources)
+
+
+def run_config(data: dict, sources: dict) -> RunConfig:
+    """A composed config (config.compose) as a RunConfig; errors name the key and its source."""
+    _no_stray_dataset_overrides(data, sources["overrides"])
     return validate(data, sources, RunConfig, MOVED_KEYS)
 
 

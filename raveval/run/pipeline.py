@@ -236,7 +236,7 @@ class Pipeline:
             self.times.setdefault("judge_start", time.perf_counter())
             stage = judge_stage({n: self.cfg.judges[n].model_dump() for n in used},
                                 {n: self.api_keys[n] for n in used if self.api_keys[n] is not None},
-                                self.cfg.judge_stream, len(reqs))
+                                self.cfg.judge_stream, len(reqs), {"run": self.run_id, "model": self.cfg.model.name})
             self.waves.start("judge", stage, to_table(reqs))
 
     def _model_batch(self, batch: pa.Table) -> None:

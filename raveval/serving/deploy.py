@@ -79,6 +79,11 @@ def deploy(cfg: ModelConfig, max_ongoing: int, run_id: str, api_key: Optional[Se
 
 def _deploy(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[SecretStr], track: bool = False) -> str:
     """Start (or keep) Serve app `app` for the model; `track`: this driver deletes it when done."""
+    with _deploy_lock:
+        return _deploy_now(cfg, max_ongoing, app, api_key, track)
+
+
+def _deploy_now(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[SecretStr], track: bool) -> str:
     opts = deployment_options(cfg, max_ongoing)
     # Deploying the same model again in the same run (a second stream, e.g.
     # MT-Bench's turn 2) keeps the running replicas: Serve would otherwise
@@ -100,6 +105,10 @@ def _deploy(cfg: ModelConfig, max_ongoing: int, app: str, api_key: Optional[Secr
 
 
 _deployed: dict[str, str] = {}  # app -> config fingerprint of what this driver deployed and has not deleted
+# One deploy at a time in this driver: Serve's configs serialize their classes through
+# cloudpickle's by-value registry, which is not thread-safe, and several models' runs
+# (raveval.run.models) may deploy at once.
+_deploy_lock = threading.Lock()
 
 
 def delete(app: str, wait: bool) -> None:

@@ -4,7 +4,8 @@ One Serve call carries a whole Data batch of requests; the replica fans
 them out as separate engine requests, so a call costs one round trip while
 the engine still batches continuously. A failing row becomes an error
 result; it never fails the call. Every result names the replica and the node
-that computed it (the run counts rows per replica in run.json).
+that computed it (the run counts rows per replica in run.json). The rows in
+flight in each replica are a Ray metric (raveval_replica_rows_in_flight).
 """
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from typing import Optional
 from pydantic import SecretStr
 
 from raveval.engines import GenParams, parse_model
+from raveval.http.metrics import metric
 from raveval.serving.openai_route import chat_completions
 from raveval.tasks.request import decode_prompt
 
 
 class ModelReplica:
     where = {"replica": None, "node_id": None}  # outside Serve (tests driving run_batch directly)
+    in_flight = 0
+    gauge = None
 
     def __init__(self, model_cfg: dict, api_key: Optional[SecretStr] = None):
         """`api_key`: the key of the model's API endpoint (engine openai), read by the driver."""
@@ -30,8 +34,17 @@ class ModelReplica:
 
         self.cfg = parse_model(model_cfg)
         self.engine = self.cfg.build_engine(api_key)
-        self.where = {"replica": serve.get_replica_context().replica_tag,
-                      "node_id": ray.get_runtime_context().get_node_id()}
+        ctx = serve.get_replica_context()
+        self.where = {"replica": ctx.replica_tag, "node_id": ray.get_runtime_context().get_node_id()}
+        self.gauge = metric("Gauge", "raveval_replica_rows_in_flight", "Rows the replica's engine is working on",
+                            ("model", "app", "replica"))
+        self.gauge_tags = {"model": self.cfg.name, "app": ctx.app_name, "replica": ctx.replica_tag}
+        self._count(0)
+
+    def _count(self, change: int) -> None:
+        self.in_flight += change
+        if self.gauge is not None:
+            self.gauge.set(self.in_flight, tags=self.gauge_tags)
 
     async def run_batch(self, requests: list[dict]) -> list[dict]:
         return await asyncio.gather(*(self._run_one(r) for r in requests))
@@ -40,6 +53,7 @@ class ModelReplica:
         start = time.perf_counter()
         out = {"text": None, "logprobs": None, "prompt_tokens": None, "output_tokens": None, "error": None,
                **self.where}
+        self._count(1)
         try:
             prompt = decode_prompt(req["prompt"], req["chat"])
             if req["mode"] == "ll":
@@ -52,6 +66,8 @@ class ModelReplica:
                 out.update(text=res.text, prompt_tokens=res.prompt_tokens, output_tokens=res.output_tokens)
         except Exception as e:  # one bad row must not sink the batch
             out["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            self._count(-1)
         out["latency_s"] = time.perf_counter() - start
         return out
 
@@ -60,4 +76,8 @@ class ModelReplica:
 
     async def __call__(self, request):
         """The OpenAI-compatible HTTP route (served when the model config sets `http_route`)."""
-        return await chat_completions(self.engine, self.cfg.name, request)
+        self._count(1)
+        try:
+            return await chat_completions(self.engine, self.cfg.name, request)
+        finally:
+            self._count(-1)

@@ -45,13 +45,16 @@ JUDGE_RESULT_SCHEMA = pa.schema([
 class JudgeCaller(Caller):
     """Ray Data caller: judges a batch of rows concurrently; takes no CPU (it only waits)."""
 
-    inputs = ["endpoint", "messages", "max_tokens", "temperature", "guided", "parser", "order"]
+    inputs = ["dataset", "endpoint", "messages", "max_tokens", "temperature", "guided", "parser", "order"]
     outputs = JUDGE_RESULT_SCHEMA
 
-    def __init__(self, endpoints: dict[str, dict], api_keys: dict[str, SecretStr], callers: int = 1):
+    def __init__(self, endpoints: dict[str, dict], api_keys: dict[str, SecretStr], callers: int = 1,
+                 metric_tags: dict | None = None):
+        """`metric_tags`: run and model of the requests' metrics (each client adds its endpoint)."""
         self.cfgs = {n: EndpointConfig.model_validate(c) for n, c in endpoints.items()}
         self.api_keys = api_keys
         self.callers = max(1, callers)
+        self.metric_tags = {**(metric_tags or {}), "stage": "judge"}
         self.clients: dict = {}
 
     def _client(self, name: str):
@@ -62,7 +65,7 @@ class JudgeCaller(Caller):
             cfg = self.cfgs[name]
             # The endpoint's max_concurrent is shared out among the callers.
             self.clients[name] = ChatClient(cfg, make_limiter(cfg), math.ceil(cfg.max_concurrent / self.callers),
-                                            self.api_keys.get(name))
+                                            self.api_keys.get(name), {**self.metric_tags, "endpoint": name})
         return self.clients[name]
 
     def __del__(self):
@@ -80,7 +83,7 @@ async def judge_one(get_client, r: dict) -> dict:
         client = get_client(r["endpoint"])
         extra = {"structured_outputs": {"choice": list(r["guided"])}} if r["guided"] else None
         res = await client.chat(json.loads(r["messages"]), max_tokens=r["max_tokens"],
-                                temperature=r["temperature"], extra=extra)
+                                temperature=r["temperature"], extra=extra, dataset=r.get("dataset"))
     except RequestFailed as e:
         return {"error": e.reason, "retries": e.retries}
     except Exception as e:  # one bad row must not sink the batch
@@ -97,10 +100,12 @@ def error_rows(requests: list[JudgeRequest], reasons: list[str]) -> pa.Table:
 
 
 def judge_stage(endpoints: dict[str, dict], api_keys: dict[str, SecretStr], settings: StreamConfig,
-                n_rows: int) -> Stage:
-    """The stage that judges `n_rows` rows: its callers share out each endpoint's in-flight cap."""
+                n_rows: int, metric_tags: dict | None = None) -> Stage:
+    """The stage that judges `n_rows` rows: its callers share out each endpoint's in-flight cap.
+    `metric_tags`: run and model of the requests' metrics."""
     callers = pool_size(n_rows, settings)
-    return Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers}, settings)
+    return Stage("judge", JudgeCaller, {"endpoints": endpoints, "api_keys": api_keys, "callers": callers,
+                                        "metric_tags": metric_tags}, settings)
 
 
 def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_keys: dict[str, SecretStr], store,
@@ -109,7 +114,8 @@ def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_k
     `api_keys`: the key of each endpoint that takes one, by endpoint name (read by the driver).
     `metrics`: a StreamMetrics that records each batch (the run's; none in tools and tests)."""
     t0 = time.perf_counter()
-    stage = judge_stage(endpoints, api_keys, settings, len(requests))
+    tags = {k: metrics.tags[k] for k in ("run", "model")} if metrics is not None else {}
+    stage = judge_stage(endpoints, api_keys, settings, len(requests), tags)
     written = errors = 0
     batches = stage.run(to_table(requests))
     progress = Progress("judge", Counter(r.dataset for r in requests), log)

@@ -4,6 +4,8 @@ model, dataset and stage (model or judge): rows finished, error rows, prompt and
 output tokens, request retries, rows per second.
 
 The driver records them as batches come back, so they move while a run streams.
+Where requests happen, more are recorded (raveval.http.metrics): a chat
+endpoint's requests, 429s and limiter waits; each replica's rows in flight.
 """
 from __future__ import annotations
 
@@ -12,16 +14,13 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raveval.http.metrics import metric as ray_metric
+
 TAGS = ("run", "model", "dataset", "stage")
-_made: dict[str, object] = {}  # one metric object per name and process
 
 
 def _metric(kind: str, name: str, description: str):
-    if name not in _made:
-        from ray.util import metrics
-
-        _made[name] = getattr(metrics, kind)(name, description=description, tag_keys=TAGS)
-    return _made[name]
+    return ray_metric(kind, name, description, TAGS)
 
 
 class StreamMetrics:
@@ -36,6 +35,8 @@ class StreamMetrics:
 
     def update(self, batch: pa.Table, rate: Optional[float]) -> None:
         """Count a finished batch; `rate`: the stream's rows/s (Progress.rate), when known."""
+        if self.rows is None:  # Ray is not running here: nothing to record
+            return
         for dataset in pc.unique(batch.column("dataset")).to_pylist():
             part = batch.filter(pc.equal(batch.column("dataset"), dataset))
             tags = {**self.tags, "dataset": dataset}
