@@ -72,9 +72,7 @@ def _run(cfg, work, ns) -> int:
         return result
     print()
     print(markdown(result.summary, subjects=ns.subjects))
-    code, reasons = _outcome(result, cfg, work)
-    if ns.report:
-        _report_after_run([work], work)
+    code, reasons = _outcome(result, cfg, work, report=ns.report)
     _notify_outcome(cfg, work, result.stats.get("run_id", ""), result.summary, reasons)
     return code
 
@@ -168,9 +166,9 @@ def _guarded(go, cfg, works, work, ns):
         shutdown(cfg)
 
 
-def _outcome(result, cfg, work) -> tuple[int, list[str]]:
-    """Print how one model's run went (rows, judge stage, files, failures); its exit
-    status and the reasons it failed."""
+def _outcome(result, cfg, work, report: bool = False) -> tuple[int, list[str]]:
+    """Print how one model's run went (rows, judge stage, files, the report if
+    `report`, failures); its exit status and the reasons it failed."""
     s = result.stats
     if s.get("rows"):
         print(f"{s['rows']} rows in {s['wall_s']:.1f}s: model serving after {s['ready_s']:.1f}s, first batch after "
@@ -184,6 +182,8 @@ def _outcome(result, cfg, work) -> tuple[int, list[str]]:
         print(f"judge stage: {s['judged']} judgements asked, {s['judge_errors']} error rows{later}; "
               f"judgements in {work}/judgements")
     print("results: " + ", ".join(str(f) for f in result.files))
+    if report:
+        _report_after_run([work], work)
     reasons = list(result.failed)
     for reason in result.failed:
         print(f"raveval: FAILED: {reason}", file=sys.stderr)
