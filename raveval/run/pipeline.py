@@ -233,7 +233,10 @@ class Pipeline:
             for name in set(used) - self.limiters:
                 ensure_shared_limiter(self.cfg.judges[name])  # owned by the driver: one budget for the whole run
                 self.limiters.add(name)
-            self.times.setdefault("judge_start", time.perf_counter())
+            if "judge_start" not in self.times:
+                self.times["judge_start"] = time.perf_counter()
+                self.log(f"judging: {len(reqs)} judgements to ask now, {self.stats['judge_reused']} reused, "
+                         f"{self.stats['judge_errors']} cannot be asked; the rest as the model's answers come")
             stage = judge_stage({n: self.cfg.judges[n].model_dump() for n in used},
                                 {n: self.api_keys[n] for n in used if self.api_keys[n] is not None},
                                 self.cfg.judge_stream, len(reqs), {"run": self.run_id, "model": self.cfg.model.name})
