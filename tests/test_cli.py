@@ -27,9 +27,12 @@ def test_list_filters_by_all_words():
 
 
 def test_dry_run_prints_plan_without_running(tmp_path):
+    from raveval.engines.base import machine_cpus
+
     out = raveval("run", "demo", f"work_dir={tmp_path}", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert "replicas: 1 x (num_cpus=1.0, num_gpus=0.0)" in out.stdout
+    # num_cpus: auto: one local replica gets every CPU of the machine.
+    assert f"replicas: 1 x (num_cpus={float(machine_cpus())}, num_gpus=0.0)" in out.stdout
     assert "demo_mmlu_ll: mmlu mode=ll" in out.stdout and "rows=24" in out.stdout
     assert not (tmp_path / "predictions").exists()
 

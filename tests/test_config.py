@@ -140,3 +140,17 @@ def test_every_judge_config_loads(judge, tmp_path):
                                         f"work_dir={tmp_path}"])
     e = cfg.judges[judge]
     assert e.base_url.startswith("http") and e.model and e.max_concurrent >= 1
+
+
+def test_num_cpus_auto_gives_a_local_replica_the_machine():
+    """num_cpus: auto (tiny_hf's): one local replica reserves every CPU (the stream's
+    callers reserve none), several share them, and on a cluster each takes 1."""
+    from raveval.engines.base import machine_cpus
+
+    n = machine_cpus()
+    assert load_config("demo").model.num_cpus == n
+    assert load_config("demo", ["model.replicas=2"]).model.num_cpus == max(1, n // 2)
+    assert load_config("demo", ["ray_address=auto"]).model.num_cpus == 1
+    assert load_config("demo", ["model.num_cpus=0.5"]).model.num_cpus == 0.5
+    with pytest.raises(ConfigError, match="model.num_cpus"):
+        load_config("demo", ["model.num_cpus=-1"])

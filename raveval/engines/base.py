@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -72,6 +72,19 @@ class Engine(ABC):
 
     async def close(self) -> None:
         """Release the model; the default has nothing to release."""
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may use, as a local Ray counts them: the CPU affinity,
+    capped by a cgroup (v2) quota such as a container's."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 @dataclass(frozen=True)
@@ -142,7 +155,10 @@ class ModelConfig(Strict):
     # Let Serve add and remove replicas with the load (replaces `replicas`).
     autoscaling: Optional[AutoscalingConfig] = None
     num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(1, ge=0)
+    # CPUs each replica reserves (the Hugging Face engine runs torch on as many
+    # threads). `auto`: on a local Ray the machine's CPUs shared by the replicas
+    # (one replica gets them all: the stream's callers reserve none), on a cluster 1.
+    num_cpus: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = 1
     # Extra keyword arguments for the backend's model loading (checked by the
     # engines that can check them when the config loads).
     engine_args: dict = {}
@@ -178,6 +194,13 @@ class ModelConfig(Strict):
             return (f"autoscaling {a.min_replicas}..{a.max_replicas} (target {a.target_ongoing_requests:g} calls in "
                     f"flight per replica)")
         return str(self.replicas)
+
+    def with_cpus(self, local: bool) -> "ModelConfig":
+        """This config with `num_cpus: auto` made a number (see num_cpus)."""
+        if self.num_cpus != "auto":
+            return self
+        have = machine_cpus() if local else 1
+        return self.model_copy(update={"num_cpus": float(max(1, have // self.max_replicas))})
 
     def resources(self) -> ReplicaResources:
         """What one replica asks Ray for: the configured CPUs and GPUs."""

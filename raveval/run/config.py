@@ -69,6 +69,12 @@ class RunConfig(Strict):
         return v
 
     @model_validator(mode="after")
+    def _cpus(self):
+        # `num_cpus: auto` becomes a number here: the dry run shows it, the replicas get it.
+        model = self.model.with_cpus(local=self.ray_address == "local")
+        return self if model is self.model else self.model_copy(update={"model": model})
+
+    @model_validator(mode="after")
     def _has_datasets(self):
         if not self.datasets:
             raise ValueError("datasets: at least one dataset is required")
