@@ -38,7 +38,7 @@ from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import NUM, Verdict, in_range
 
 from .common import Parsed, RowError, existing, make_row, read_jsonl, row_at
-from .spec import FALLBACK, OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter
+from .spec import FALLBACK, OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, read_judge_file
 
 GROUPS = {
     "中文推理": ["数学计算", "逻辑推理"],
@@ -252,12 +252,7 @@ def _template_in_python(text: str, path: Path) -> str:
 def load_judge_template(path: str | Path) -> str:
     """AlignBench's judge prompt template, with {answer} (appended where it has none)."""
     p = Path(path)
-    if not p.is_file():
-        raise JudgeSetupError(f"AlignBench judge prompt not found: {p} (judge.prompts_path)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise JudgeSetupError(f"{p}: not UTF-8") from None
+    text = read_judge_file(p, "AlignBench judge prompt")
     template = _template_in_python(text, p) if p.suffix == ".py" else text
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}

@@ -28,7 +28,8 @@ from raveval.config.schema import DatasetConfig
 from raveval.tasks.verdicts import Verdict
 
 from .common import BadRow, DatasetError, Parsed, RowError, existing, make_row, row_at
-from .spec import FALLBACK, OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, chat, no_config_path
+from .spec import (FALLBACK, OPEN_CHAT, Benchmark, JudgeMode, JudgeSetupError, Prompter, chat, no_config_path,
+                   read_judge_file)
 
 
 def _records(path: Path, bad: list[BadRow] | None) -> list[tuple[int, dict]]:
@@ -157,12 +158,7 @@ def load_judge_prompt(path: str | Path) -> list[dict]:
     p = Path(path)
     if p.is_dir():
         p = _annotator_prompt(p)
-    if not p.is_file():
-        raise JudgeSetupError(f"AlpacaEval judge prompt not found: {p} (judge.prompts_path)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise JudgeSetupError(f"{p}: not UTF-8") from None
+    text = read_judge_file(p, "AlpacaEval judge prompt")
     counts = {k: text.count("{" + k + "}") for k in PLACEHOLDERS}
     if any(n == 0 for n in counts.values()):
         raise JudgeSetupError(f"{p}: not an AlpacaEval judge prompt: placeholder(s) "

@@ -88,6 +88,16 @@ class Benchmark:
         return self.family if isinstance(self.family, Family) else self.family(cfg)
 
 
+def read_judge_file(p: Path, what: str) -> str:
+    """The text of a judge prompt file a dataset config names (judge.prompts_path)."""
+    if not p.is_file():
+        raise JudgeSetupError(f"{what} not found: {p} (judge.prompts_path)")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JudgeSetupError(f"{p}: not UTF-8") from None
+
+
 def chat(system: str, user: str) -> list[dict]:
     """A judge prompt: an optional system message, then the user message."""
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
