@@ -91,10 +91,11 @@ class Model:
         self.ready.join(timeout=5)
         return ModelStartError(f"model {self.cfg.model.name}: {self.ready.error}") if self.ready.error else None
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self.ready is not None:
             self.ready.stop = True  # before Ray goes: the watcher would start it again
-            self.ready.join(timeout=5)
+            if wait:
+                self.ready.join(timeout=5)
 
 
 class Pipeline:
@@ -215,13 +216,21 @@ class Pipeline:
                 else:
                     self._judge_batch(event.batch)
                 self._write_cannot_judge()
-        finally:
-            self.waves.stop()  # an early stop (error, signal) ends the streams before Ray goes
-            self.model_progress.close()
-            if self.judge_progress is not None:
-                self.judge_progress.close()
-            self.model.close()
+        except BaseException as e:
+            # An early stop ends the streams before Ray goes. A signal's stop must be quick
+            # (`ray job stop` kills the driver 3 s after SIGTERM): no waiting for threads then.
+            wait = isinstance(e, Exception)
+            self.waves.stop(wait=wait)
+            self._close(wait)
+            raise
+        self._close(wait=True)
         return self._stats()
+
+    def _close(self, wait: bool) -> None:
+        self.model_progress.close()
+        if self.judge_progress is not None:
+            self.judge_progress.close()
+        self.model.close(wait)
 
     def _launch(self) -> None:
         if self.to_model and self.waves.count("model") < MAX_WAVES:

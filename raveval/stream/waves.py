@@ -67,12 +67,12 @@ class Waves:
             self.running.remove(event.wave)
         return event
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         """Every running wave closes its stream (Ray Data's executor with it) at its
-        next batch; waits a bounded time for that, since Ray may be shut down next."""
+        next batch; with `wait`, waits a bounded time for that (Ray may be shut down next)."""
         for w in self.running:
             w.stop.set()
-        deadline = time.monotonic() + STOP_WAIT_S
+        deadline = time.monotonic() + (STOP_WAIT_S if wait else 0.0)
         for w in self.running:
             w.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.running.clear()
