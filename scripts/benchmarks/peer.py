@@ -583,7 +583,7 @@ def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu
         datasets = sorted(first[0]["acc"]) if first else []
         n_rows = sum(len(v) for v in first[0]["rows"].values()) if first else 0
         print(f"== set {set_name}: {n_rows} rows ({', '.join(datasets)}); {SET_NOTES[set_name]}")
-        head = f"{'tool':14}{'wall s':>18}{'rows/s':>9}{'start-up s':>12}" + "".join(f"{d:>12}" for d in datasets) \
+        head = f"{'tool':14}{'wall s':>18}{'rows/s':>9}{'start-up s':>17}" + "".join(f"{d:>12}" for d in datasets) \
             + f"{'x lm-eval':>11}"
         print(head)
         for tool in tools:
@@ -596,7 +596,7 @@ def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu
             ups = [r["startup"] for r in v if r["startup"] is not None]
             accs = "".join(f"{100 * v[0]['acc'].get(d, float('nan')):11.2f}%" for d in datasets)
             ratio = f"{med / base_wall:11.2f}" if base_wall else f"{'-':>11}"
-            print(f"{tool:14}{fmt_stats(walls):>18}{n_rows / med:9.1f}{(fmt_stats(ups) if ups else '-'):>12}{accs}{ratio}")
+            print(f"{tool:14}{fmt_stats(walls):>18}{n_rows / med:9.1f}{(fmt_stats(ups) if ups else '-'):>17}{accs}{ratio}")
         warm = results.get(("raveval-warm", set_name))
         if set_name == "small" and base_wall and isinstance(warm, list):
             r = statistics.median(x["wall"] for x in warm) / base_wall
