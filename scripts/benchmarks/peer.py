@@ -160,9 +160,9 @@ def timed(cmd: list, env: dict, cwd: Path, log_file: Path, timeout: float) -> fl
 # ---------------------------------------------------------------- raveval
 
 def raveval_config(set_name: str, files: dict, work: Path, batch_size: int) -> Path:
-    model = {"batch_size": batch_size}
-    if RAVEVAL_NUM_CPUS:  # the replica's CPUs, which are also its torch threads
-        model["num_cpus"] = RAVEVAL_NUM_CPUS
+    # The replica's CPUs, which are also its torch threads: the machine's cores, as the
+    # peers' torch takes (tiny_hf's `auto` would do it for a local run, not on the warm cluster).
+    model = {"batch_size": batch_size, "num_cpus": RAVEVAL_NUM_CPUS or os.cpu_count()}
     cfg = {"defaults": ["base", {"model": "tiny_hf"}, "_self_"],
            "work_dir": str(work), "model": model,
            "datasets": datasets_of(set_name, files)}
@@ -628,7 +628,7 @@ def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu
                     print(("OK    " if good else "FAIL  ") + line)
                     ok &= good
         print()
-    print(f"torch threads: raveval's replica {RAVEVAL_NUM_CPUS or 'model.num_cpus of tiny_hf (1)'}, "
+    print(f"torch threads: raveval's replica {RAVEVAL_NUM_CPUS or ncpu} (model.num_cpus), "
           f"lm-eval and OpenCompass torch's default ({ncpu}); batch size the same for all")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {ncpu} cores")
     if max(load_before[0], load_after[0]) > ncpu:
