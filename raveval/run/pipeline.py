@@ -2,9 +2,9 @@
 and the judgements, each written as its batch finishes.
 
 A row of a judged dataset moves on as soon as its answer exists: MT-Bench's
-second turn is asked with the model's first answer, and once a row has all
-its answers its judgements are asked, while the model keeps generating for
-the other rows. Ray Data streams a fixed table, so the rows that become ready
+second turn is asked with the model's first answer, and the judgement of a
+turn as soon as the answers it judges exist, while the model keeps
+generating for the other rows. Ray Data streams a fixed table, so the rows that become ready
 go out in waves (stream.waves): at most MAX_WAVES of each kind run at once,
 and each new wave takes every row that became ready meanwhile. A resumed run
 takes each row from where it stopped: turns and judgements already stored are
@@ -122,6 +122,7 @@ class Pipeline:
                 self.api_keys[name] = read_key(cfg.judges[name], f"judge {name}")
             except MissingApiKey as e:
                 self.missing_key[name] = str(e)
+        self.judged_turns: dict[tuple[str, str], int] = {}  # (dataset, row id) -> turns whose judgements are asked
         self.to_model: list[Request] = []
         self.to_judge: list = []
         self.cannot_judge: list = []  # (request, why): written as error rows, never sent
@@ -145,8 +146,9 @@ class Pipeline:
 
     def _advance(self, name: str, row: dict) -> None:
         """Walk a judged row's turns over the answers that exist: queue its next turn,
-        or once every turn has its answer (or one failed), its judgements."""
-        by_turn, answers, missing = self.by_turn[name], [], None
+        and ask the judgements of the turns whose answers exist (all of them, the later
+        ones with the reason, once a turn failed)."""
+        by_turn, answers, missing, waiting = self.by_turn[name], [], None, False
         for t in range(1, n_turns(row) + 1):
             req = by_turn.get((row["row_id"], t))
             if req is None:  # t >= 2, and the answer to turn t - 1 exists
@@ -158,16 +160,24 @@ class Pipeline:
                     self.stats["reused"] += 1
                 else:
                     self._send_model([req])
-                    return
+                    waiting = True
+                    break
             got = self.answers.get(req.key)
             if got is None:
-                return  # asked, not answered yet
+                waiting = True  # asked, not answered yet
+                break
             if got.get("error") or got.get("prediction") is None:
                 missing = got.get("error") or "no prediction"
                 break
             answers.append(got["prediction"])
-        reqs = self.judges[name].row(row, answers, missing)
-        self.judged[name].judge_requests.extend(reqs)
+        upto = len(answers) if waiting else n_turns(row)
+        done = self.judged_turns.get((name, row["row_id"]), 0)
+        if upto > done:
+            self.judged_turns[(name, row["row_id"])] = upto
+            self._send_judge(self.judges[name].row(row, answers, missing, range(done + 1, upto + 1)))
+
+    def _send_judge(self, reqs: list) -> None:
+        self.judged[reqs[0].dataset].judge_requests.extend(reqs)
         for r in reqs:
             why = r.pre_error or self.missing_key.get(r.endpoint)
             if r.key in self.judged_keys:
@@ -176,8 +186,7 @@ class Pipeline:
                 self.cannot_judge.append((r, why))
             else:
                 self.to_judge.append(r)
-        if reqs:
-            self.judge_progress.add(Counter(r.dataset for r in reqs if r.key not in self.judged_keys))
+        self.judge_progress.add(Counter(r.dataset for r in reqs if r.key not in self.judged_keys))
 
     def _send_model(self, reqs: list[Request]) -> None:
         if reqs:

@@ -52,6 +52,13 @@ def pool_size(n_rows: int, settings: StreamConfig) -> int:
     return max(1, min(settings.callers, math.ceil(n_rows / settings.batch_rows)))
 
 
+def batch_size(n_rows: int, settings: StreamConfig) -> int:
+    """Rows per call: batch_rows, or fewer for a short stream, so that its rows spread
+    over every call in flight and come back (and are written) as each call finishes."""
+    slots = pool_size(n_rows, settings) * settings.calls_per_caller
+    return max(1, min(settings.batch_rows, math.ceil(n_rows / slots)))
+
+
 @dataclass
 class Stage:
     name: str                 # what Ray Data shows for this stage
@@ -77,8 +84,9 @@ class Stage:
 
         self.check_input(table)
         n, s = table.num_rows, self.settings
+        rows = batch_size(n, s)
         # Blocks of one batch each (Ray Data's default block count is far larger than the pool needs).
-        n_blocks = max(1, min(math.ceil(n / s.batch_rows), 2000))
+        n_blocks = max(1, min(math.ceil(n / rows), 2000))
         step = math.ceil(n / n_blocks)
         blocks = [table.slice(i, step) for i in range(0, n, step)]
         # from_blocks takes the blocks' metadata here, in the driver: from_arrow would
@@ -87,7 +95,7 @@ class Stage:
         ds = ray.data.from_blocks(blocks).map_batches(
             self.caller,
             fn_constructor_kwargs=self.caller_args,
-            batch_size=s.batch_rows,
+            batch_size=rows,
             batch_format="pyarrow",
             num_cpus=0,
             compute=ActorPoolStrategy(size=pool_size(n, s), max_concurrent_calls_per_actor=s.calls_per_caller),

@@ -97,13 +97,14 @@ class DatasetJudge:
         self.baseline = (spec.baseline(Path(j.baseline_path), dplan.rows)
                          if self.pairwise and j.baseline_path else None)
 
-    def row(self, row: dict, answers: list[str], missing: str | None = None) -> list[JudgeRequest]:
-        """Every judgement of `row`: `answers` are the model's answers to its first
-        turns; `missing` says why the next one is not there (its judgement, and the
-        later turns', become rows with `pre_error`)."""
+    def row(self, row: dict, answers: list[str], missing: str | None = None,
+            turns: range | None = None) -> list[JudgeRequest]:
+        """The judgements of `row`'s `turns` (default: all): `answers` are the model's
+        answers to its first turns; `missing` says why the next one is not there (its
+        judgement, and the later turns', become rows with `pre_error`)."""
         j, out = self.j, []
         refs = list(row.get("reference") or [])
-        for t in range(1, n_turns(row) + 1):
+        for t in turns or range(1, n_turns(row) + 1):
             pre_error = None
             if t > len(answers):
                 pre_error = f"model answer of turn {len(answers) + 1} missing ({missing or 'no prediction'})"
