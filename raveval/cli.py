@@ -344,7 +344,7 @@ def cmd_report(ns) -> int:
             return 0
         try:
             page, pngs = build_report(work_dirs, out, png=not ns.no_png,
-                                      log=lambda msg: print(msg, file=sys.stderr))
+                                      log=lambda msg: print(msg, file=sys.stderr), runs=runs)
         except ReportExtraMissing as e:
             print(f"raveval: {e}", file=sys.stderr)
             return 1

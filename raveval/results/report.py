@@ -128,13 +128,16 @@ def render_html(runs: list[RunData], charts: list[dict], bundle: str) -> str:
     return page
 
 
-def build_report(work_dirs: list[str], out: str | None = None, png: bool = True, log=print) -> tuple[str, list[str]]:
+def build_report(work_dirs: list[str], out: str | None = None, png: bool = True, log=print,
+                 runs: list[RunData] | None = None) -> tuple[str, list[str]]:
     """Write report.html (and png/<chart>.png) for the work_dirs into `out` (a
     folder or URI; default: <the work_dir>/report for one, ./raveval-report for
-    several). Returns (the HTML's path, the PNG paths)."""
+    several). `runs`: the work_dirs as the caller loaded them (load_run, label_runs),
+    so their rows are not read twice. Returns (the HTML's path, the PNG paths)."""
     vlc = _vl_convert()
-    runs = [load_run(w, log=log) for w in work_dirs]
-    label_runs(runs)
+    if runs is None:
+        runs = [load_run(w, log=log) for w in work_dirs]
+        label_runs(runs)
     charts = all_charts(runs)
     target = WorkDir(out or (beside(work_dirs[0], "report") if len(work_dirs) == 1 else "raveval-report"))
     target.write_bytes(render_html(runs, charts, vlc.javascript_bundle()).encode(), REPORT_FILE)
