@@ -294,10 +294,10 @@ class Pipeline:
     def _write_cannot_judge(self) -> None:
         if self.cannot_judge:
             reqs, self.cannot_judge = self.cannot_judge, []
-            self.jstore.write_part(error_rows([r for r, _ in reqs], [why for _, why in reqs]))
+            table = error_rows([r for r, _ in reqs], [why for _, why in reqs])
+            self.jstore.write_part(table)
             self.stats["judge_errors"] += len(reqs)
-            self.judge_progress.update(to_table([r for r, _ in reqs]).append_column(
-                "error", pa.array([why for _, why in reqs], pa.string())))
+            self.judge_progress.update(table)
 
     def _stats(self) -> dict:
         s = dict(self.stats)
