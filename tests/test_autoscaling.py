@@ -45,14 +45,15 @@ def test_replicas_rise_under_load_and_fall_after(ray_local):
     app = deploy(m, max_ongoing=8, run_id="autoscaling-test")
     try:
         asyncio.run(wait_ready(app, timeout_s=120))
-        handle = serve.get_app_handle(app)
+        handle = serve.get_app_handle(app).options(stream=True)
         row = {"mode": "ll", "chat": False, "prompt": "p", "continuations": [" A", " B"], "params": ""}
         seen, stop = [running(app)], time.monotonic() + 60
 
         async def load():
             async def one():
                 while time.monotonic() < stop and max(seen) < 3:
-                    await handle.run_batch.remote([row])
+                    async for _ in handle.stream_batch.remote([row]):
+                        pass
             await asyncio.gather(*(one() for _ in range(12)))
 
         async def watch():

@@ -487,7 +487,10 @@ def test_replica_turns_a_failing_row_into_an_error_row(tm, loop, mp_module):
             r["params"] = json.dumps({"max_new_tokens": 4, "stop": []})
         return r
     try:
-        outs = loop.run_until_complete(replica.run_batch([row("Answer:"), row("x BOOM"), row("Answer:", "ll")]))
+        async def collect(requests):
+            return dict(pair async for done in replica.stream_batch(requests) for pair in done)
+        got = loop.run_until_complete(collect([row("Answer:"), row("x BOOM"), row("Answer:", "ll")]))
+        outs = [got[i] for i in range(3)]
     finally:
         be.fail = lambda ids: False
     assert outs[0]["text"] == "B" and outs[0]["error"] is None

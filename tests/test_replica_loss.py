@@ -26,23 +26,38 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- ModelCaller with a fake handle
 
 class FakeHandle:
-    """Stands for Serve's handle: `run_batch.remote(rows)` plays the next outcome
-    (an exception to raise, or a callable making the results)."""
+    """Stands for Serve's streaming handle: `stream_batch.remote(rows)` plays the next
+    outcome: an exception to raise, a callable making the results (streamed one
+    row at a time), or Partial (some rows stream back, then the replica is lost)."""
 
     def __init__(self, *outcomes):
         self.outcomes = list(outcomes)
-        self.calls = 0
-        self.run_batch = self
+        self.sent: list[list] = []  # the requests of each call
+        self.stream_batch = self
+
+    @property
+    def calls(self) -> int:
+        return len(self.sent)
 
     def remote(self, requests):
-        self.calls += 1
+        self.sent.append(list(requests))
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
 
-        async def answer():
+        async def stream():
             if isinstance(outcome, BaseException):
                 raise outcome
-            return outcome(requests)
-        return answer()
+            if isinstance(outcome, Partial):
+                for i in range(outcome.rows):
+                    yield [(i, ok(requests[i:i + 1])[0])]
+                raise outcome.error
+            for i, res in reversed(list(enumerate(outcome(requests)))):  # in any order
+                yield [(i, res)]
+        return stream()
+
+
+class Partial:
+    def __init__(self, rows: int, error: BaseException):
+        self.rows, self.error = rows, error
 
 
 def ok(requests):
@@ -53,8 +68,8 @@ def row_failed(requests):
     return [{"error": "ValueError: prompt too long", "latency_s": 0.1}, *ok(requests[1:])]
 
 
-ROWS = [{"mode": "ll", "chat": False, "prompt": "p", "continuations": ["a", "b"], "params": None,
-         "answer": "choice", "judged": False, "gold": "A", "choices": ["a", "b"]} for _ in range(3)]
+ROWS = [{"mode": "ll", "chat": False, "prompt": f"p{i}", "continuations": ["a", "b"], "params": None,
+         "answer": "choice", "judged": False, "gold": "A", "choices": ["a", "b"]} for i in range(3)]
 
 
 def caller(handle: FakeHandle) -> ModelCaller:
@@ -66,6 +81,15 @@ def caller(handle: FakeHandle) -> ModelCaller:
     return c
 
 
+def process(c: ModelCaller, rows) -> list[dict]:
+    """The caller's results, in the rows' order (each row exactly once)."""
+    async def collect():
+        return [pair async for finished in c.process(rows) for pair in finished]
+    pairs = asyncio.run(collect())
+    assert sorted(i for i, _ in pairs) == list(range(len(rows))), pairs
+    return [res for _, res in sorted(pairs, key=lambda p: p[0])]
+
+
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     monkeypatch.setattr(model_stage, "BACKOFF_S", 0.001)
@@ -73,30 +97,38 @@ def no_backoff(monkeypatch):
 
 def test_lost_replica_call_goes_again_and_rows_are_scored():
     handle = FakeHandle(rx.ActorDiedError(), rx.ActorUnavailableError("replica unreachable", None), ok)
-    out = asyncio.run(caller(handle).process(ROWS))
+    out = process(caller(handle), ROWS)
     assert handle.calls == 3
     assert [r["error"] for r in out] == [None] * 3
     assert [r["prediction"] for r in out] == ["A"] * 3 and all(r["correct"] for r in out)
 
 
+def test_rows_back_before_the_loss_are_kept_and_only_the_rest_go_again():
+    handle = FakeHandle(Partial(2, rx.ActorDiedError()), ok)
+    out = process(caller(handle), ROWS)
+    assert handle.calls == 2
+    assert [r["prompt"] for r in handle.sent[1]] == ["p2"]  # the row that was not back
+    assert [r["error"] for r in out] == [None] * 3 and all(r["correct"] for r in out)
+
+
 def test_row_errors_from_the_engine_are_not_retried():
     handle = FakeHandle(row_failed)
-    out = asyncio.run(caller(handle).process(ROWS))
+    out = process(caller(handle), ROWS)
     assert handle.calls == 1
     assert out[0]["error"] == "ValueError: prompt too long" and out[0]["prediction"] is None
     assert [r["error"] for r in out[1:]] == [None, None]
 
 
 def test_a_failing_call_that_is_not_a_loss_is_not_retried():
-    handle = FakeHandle(rx.RayTaskError("run_batch", "Traceback ...", TypeError("bad argument")))
-    out = asyncio.run(caller(handle).process(ROWS))
+    handle = FakeHandle(rx.RayTaskError("stream_batch", "Traceback ...", TypeError("bad argument")))
+    out = process(caller(handle), ROWS)
     assert handle.calls == 1
     assert all(r["error"].startswith("RayTaskError") and "\n" not in r["error"] for r in out)
 
 
 def test_after_the_last_attempt_rows_name_the_cause_and_the_attempts():
     handle = FakeHandle(rx.ActorDiedError())
-    out = asyncio.run(caller(handle).process(ROWS))
+    out = process(caller(handle), ROWS)
     assert handle.calls == model_stage.MAX_ATTEMPTS == 5
     for r in out:
         assert r["error"].startswith("replica lost on all 5 attempts of this batch; last: ActorDiedError")
@@ -110,8 +142,8 @@ def test_what_counts_as_a_lost_replica():
     assert replica_lost(rx.ActorDiedError()) and replica_lost(rx.NodeDiedError("node gone"))
     assert replica_lost(rx.WorkerCrashedError()) and replica_lost(sx.ReplicaUnavailableError("r1"))
     # Serve may hand the death back wrapped in the task's error.
-    assert replica_lost(rx.RayTaskError("run_batch", "tb", rx.ActorDiedError()))
-    assert not replica_lost(rx.RayTaskError("run_batch", "tb", ValueError("bug")))
+    assert replica_lost(rx.RayTaskError("stream_batch", "tb", rx.ActorDiedError()))
+    assert not replica_lost(rx.RayTaskError("stream_batch", "tb", ValueError("bug")))
     assert not replica_lost(sx.RequestCancelledError("r1"))  # the run is stopping: no retry
     assert not replica_lost(ValueError("x"))
 

@@ -1,5 +1,5 @@
 """The streams of one run, at once: the model's rows of every dataset and turn,
-and the judgements, each written as its batch finishes.
+and the judgements, each row written within about a second of finishing.
 
 A row of a judged dataset moves on as soon as its answer exists: MT-Bench's
 second turn is asked with the model's first answer, and the judgement of a
@@ -228,14 +228,13 @@ class Pipeline:
         except BaseException as e:
             # An early stop ends the streams before Ray goes. A signal's stop must be quick
             # (`ray job stop` kills the driver 3 s after SIGTERM): no waiting for threads then.
-            wait = isinstance(e, Exception)
-            self.waves.stop(wait=wait)
-            self._close(wait)
+            self._close(wait=isinstance(e, Exception))
             raise
         self._close(wait=True)
         return self._stats()
 
     def _close(self, wait: bool) -> None:
+        self.waves.stop(wait)
         self.model_progress.close()
         if self.judge_progress is not None:
             self.judge_progress.close()

@@ -2,28 +2,30 @@
 
 One Serve call carries a whole Data batch of requests; the replica fans
 them out as separate engine requests, so a call costs one round trip while
-the engine still batches continuously. A failing row becomes an error
-result; it never fails the call. Every result names the replica and the node
+the engine still batches continuously, and streams the results back as the
+rows finish (a streaming Serve call), not when the last one does. A failing
+row becomes an error result; it never fails the call. Every result names the replica and the node
 that computed it (the run counts rows per replica in run.json). The rows in
 flight in each replica are a Ray metric (raveval_replica_rows_in_flight).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from typing import Optional
+from contextlib import aclosing
+from typing import AsyncIterator, Optional
 
 from pydantic import SecretStr
 
 from raveval.engines import GenParams, parse_model
+from raveval.http.as_finished import as_finished
 from raveval.http.metrics import metric
 from raveval.serving.openai_route import chat_completions
 from raveval.tasks.request import decode_prompt
 
 
 class ModelReplica:
-    where = {"replica": None, "node_id": None}  # outside Serve (tests driving run_batch directly)
+    where = {"replica": None, "node_id": None}  # outside Serve (tests driving stream_batch directly)
     in_flight = 0
     gauge = None
 
@@ -46,8 +48,12 @@ class ModelReplica:
         if self.gauge is not None:
             self.gauge.set(self.in_flight, tags=self.gauge_tags)
 
-    async def run_batch(self, requests: list[dict]) -> list[dict]:
-        return await asyncio.gather(*(self._run_one(r) for r in requests))
+    async def stream_batch(self, requests: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
+        """The results of `requests` as they finish: lists of (index in `requests`, result).
+        A caller that goes away (a stopped run) cancels the rows still running."""
+        async with aclosing(as_finished([self._run_one(r) for r in requests])) as finished:
+            async for done in finished:
+                yield done
 
     async def _run_one(self, req: dict) -> dict:
         start = time.perf_counter()

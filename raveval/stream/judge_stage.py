@@ -11,18 +11,20 @@ the raw judge text is kept whenever there was one.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
 from collections import Counter
+from typing import AsyncIterator
 
 import pyarrow as pa
 from pydantic import SecretStr
 
 from raveval.config.schema import EndpointConfig, StreamConfig
+from raveval.http.as_finished import as_finished
 from raveval.stream.progress import Progress
 from raveval.stream.stage import Caller, Stage, append_results, pool_size
+from raveval.stream.waves import Waves
 from raveval.tasks.judging import interpret
 from raveval.tasks.request import JudgeRequest, to_table
 
@@ -49,8 +51,9 @@ class JudgeCaller(Caller):
     outputs = JUDGE_RESULT_SCHEMA
 
     def __init__(self, endpoints: dict[str, dict], api_keys: dict[str, SecretStr], callers: int = 1,
-                 metric_tags: dict | None = None):
+                 metric_tags: dict | None = None, early: tuple | None = None):
         """`metric_tags`: run and model of the requests' metrics (each client adds its endpoint)."""
+        super().__init__(early)
         self.cfgs = {n: EndpointConfig.model_validate(c) for n, c in endpoints.items()}
         self.api_keys = api_keys
         self.callers = max(1, callers)
@@ -72,8 +75,8 @@ class JudgeCaller(Caller):
         for client in self.clients.values():
             client.close_now()
 
-    async def process(self, rows: list[dict]) -> list[dict]:
-        return await asyncio.gather(*(judge_one(self._client, r) for r in rows))
+    def process(self, rows: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
+        return as_finished([judge_one(self._client, r) for r in rows])
 
 
 async def judge_one(get_client, r: dict) -> dict:
@@ -110,24 +113,29 @@ def judge_stage(endpoints: dict[str, dict], api_keys: dict[str, SecretStr], sett
 
 def judge_stream(requests: list[JudgeRequest], endpoints: dict[str, dict], api_keys: dict[str, SecretStr], store,
                  settings: StreamConfig, log=print, metrics=None) -> dict:
-    """Stream judge requests through the caller actors; write each finished batch to `store`.
+    """Stream judge requests through the caller actors; write the rows to `store` as they finish.
     `api_keys`: the key of each endpoint that takes one, by endpoint name (read by the driver).
     `metrics`: a StreamMetrics that records each batch (the run's; none in tools and tests)."""
     t0 = time.perf_counter()
     tags = {k: metrics.tags[k] for k in ("run", "model")} if metrics is not None else {}
-    stage = judge_stage(endpoints, api_keys, settings, len(requests), tags)
+    waves = Waves()
+    waves.start("judge", judge_stage(endpoints, api_keys, settings, len(requests), tags), to_table(requests))
     written = errors = 0
-    batches = stage.run(to_table(requests))
     progress = Progress("judge", Counter(r.dataset for r in requests), log)
     try:
-        for batch in batches:
-            store.write_part(batch)
-            progress.update(batch)
+        while waves.running:
+            event = waves.next(timeout=1.0)
+            if event is None or event.batch is None and event.error is None:
+                continue
+            if event.error is not None:
+                raise event.error
+            store.write_part(event.batch)
+            progress.update(event.batch)
             if metrics is not None:
-                metrics.update(batch, progress.rate())
-            written += batch.num_rows
-            errors += batch.num_rows - batch.column("error").null_count
+                metrics.update(event.batch, progress.rate())
+            written += event.batch.num_rows
+            errors += event.batch.num_rows - event.batch.column("error").null_count
     finally:
         progress.close()
-        batches.close()  # an early stop (error, signal) ends the stream's executor now
+        waves.stop()  # an early stop (error, signal) ends the stream's executor now
     return {"judged": written, "judge_errors": errors, "judge_wall_s": time.perf_counter() - t0}

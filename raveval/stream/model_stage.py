@@ -1,22 +1,25 @@
-"""The model stage: request rows go to the model's Serve deployment, one Serve
-call per batch, and come back scored.
+"""The model stage: request rows go to the model's Serve deployment, one
+streaming Serve call per batch, and come back scored as they finish.
 
 The replica fans a call's rows out as concurrent engine requests, so a call
-costs one round trip while the engine still batches continuously. Each row
-is scored here, as it returns: choice accuracy, or the answer extracted from
-the generated text (rows an LLM judge scores later are left unscored).
+costs one round trip while the engine still batches continuously, and streams
+each row back when it is done. Each row is scored here, as it returns: choice
+accuracy, or the answer extracted from the generated text (rows an LLM judge
+scores later are left unscored).
 
-A call whose replica (or its node) died is sent again, after a short backoff,
-up to MAX_ATTEMPTS calls in all: Serve's handle routes the new call to a live
-replica (or queues it until Serve has restarted one). Only such infrastructure
-failures are retried; a row whose engine call failed comes back from the
-replica as a result with `error` and stays an error row.
+When the replica serving a call (or its node) dies, the rows it had not
+returned are sent again, after a short backoff, up to MAX_ATTEMPTS calls in
+all: Serve's handle routes the new call to a live replica (or queues it until
+Serve has restarted one). Only such infrastructure failures are retried; a
+row whose engine call failed comes back from the replica as a result with
+`error` and stays an error row.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+from typing import AsyncIterator
 
 import pyarrow as pa
 
@@ -61,40 +64,49 @@ class ModelCaller(Caller):
     inputs = ENGINE_FIELDS + SCORE_FIELDS
     outputs = RESULT_SCHEMA
 
-    def __init__(self, app: str, startup_timeout_s: float | None = None):
+    def __init__(self, app: str, startup_timeout_s: float | None = None, early: tuple | None = None):
         from ray import serve
 
         from raveval.serving.deploy import wait_ready
 
-        self.handle = serve.get_deployment_handle("model", app)
+        super().__init__(early)
+        self.handle = serve.get_deployment_handle("model", app).options(stream=True)
         self.ready = None  # one readiness wait shared by the calls in flight
         self._wait_ready = lambda: wait_ready(app, startup_timeout_s)
 
-    async def process(self, rows: list[dict]) -> list[dict]:
+    async def process(self, rows: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
         if self.ready is None:
             self.ready = asyncio.ensure_future(self._wait_ready())
         await self.ready  # a model that cannot start stops the run here, before any row is sent
-        results = await self.call([{k: r[k] for k in ENGINE_FIELDS} for r in rows])
-        return [score(r, res) for r, res in zip(rows, results)]
+        async for finished in self.call([{k: r[k] for k in ENGINE_FIELDS} for r in rows]):
+            yield [(i, score(rows[i], res)) for i, res in finished]
 
-    async def call(self, requests: list[dict]) -> list[dict]:
-        """One batch's results from the replicas: the call is sent again while
-        the replica serving it dies (at most MAX_ATTEMPTS calls); any other
-        failure, or the last loss, makes every row an error row naming the cause."""
+    async def call(self, requests: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
+        """A batch's results from the replicas as they finish, (index, result) pairs.
+        While the replica serving the call dies, the rows it had not returned are sent
+        again (at most MAX_ATTEMPTS calls); any other failure, or the last loss, makes
+        each of them an error row naming the cause."""
+        todo = list(range(len(requests)))  # indices not answered yet
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            sent, answered = todo, set()
             try:
-                return await self.handle.run_batch.remote(requests)
+                async for finished in self.handle.stream_batch.remote([requests[i] for i in sent]):
+                    answered.update(j for j, _ in finished)
+                    yield [(sent[j], res) for j, res in finished]
+                return
             except Exception as e:
+                todo = [i for j, i in enumerate(sent) if j not in answered]
                 if not replica_lost(e):
-                    return [{"error": describe(e)} for _ in requests]
+                    yield [(i, {"error": describe(e)}) for i in todo]
+                    return
                 if attempt == MAX_ATTEMPTS:
                     err = f"replica lost on all {MAX_ATTEMPTS} attempts of this batch; last: {describe(e)}"
-                    return [{"error": err} for _ in requests]
+                    yield [(i, {"error": err}) for i in todo]
+                    return
                 delay = backoff_s(attempt)
-                log.warning("model batch of %d rows: replica lost (%s); attempt %d of %d in %.1fs",
-                            len(requests), type(e).__name__, attempt + 1, MAX_ATTEMPTS, delay)
+                log.warning("model batch: replica lost (%s) with %d of %d rows not back; attempt %d of %d in %.1fs",
+                            type(e).__name__, len(todo), len(requests), attempt + 1, MAX_ATTEMPTS, delay)
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
 
 def replica_lost(e: BaseException) -> bool:

@@ -5,18 +5,33 @@ or on HTTP), one call per batch of rows. Each caller declares the columns it
 reads (`inputs`) and the columns it appends (`outputs`, an Arrow schema), as
 Ray Data LLM's stage UDFs declare their expected input keys; the stage checks
 both: the input table before anything is sent, and every batch that comes
-back. A caller returns one result dict per row; a row that fails becomes a
-result with `error` set, never a failed batch.
+back. A caller yields its rows' result dicts as they finish; a row that
+fails becomes a result with `error` set, never a failed batch.
+
+Rows that finish while their call still runs are not held until it ends:
+every FLUSH_S the caller sends them to the run's sink (stream.sink), which
+the driver empties as it goes; the call returns the rest. A short call (all
+rows back within FLUSH_S) sends nothing to the sink. Each row carries its
+index in the stream (ROW_INDEX), so rows sent twice (a caller that died
+after sending some, its batch computed again) are kept once.
 """
 from __future__ import annotations
 
+import asyncio
 import math
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, AsyncIterator, ClassVar, Iterator
 
 import pyarrow as pa
 
 from raveval.config.schema import StreamConfig
+
+
+# Seconds between a call's sends of its finished rows to the sink.
+FLUSH_S = 0.5
+# The column that numbers a stream's rows (added by Stage.run, dropped by stream.waves).
+ROW_INDEX = "_row"
 
 
 class StageError(RuntimeError):
@@ -25,19 +40,51 @@ class StageError(RuntimeError):
 
 class Caller:
     """Base of a stage's caller actor: `process` gets the declared input columns
-    of a batch as dicts and returns one result dict per row."""
+    of a batch as dicts and yields (index, result dict) pairs as rows finish."""
 
     inputs: ClassVar[list[str]]
     outputs: ClassVar[pa.Schema]
 
-    async def process(self, rows: list[dict]) -> list[dict]:
+    def __init__(self, early: tuple | None = None):
+        """`early`: (sink actor, channel) that takes the rows finished before their call."""
+        self.sink, self.channel = early or (None, None)
+
+    def process(self, rows: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
         raise NotImplementedError
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        results = await self.process(batch.select(self.inputs).to_pylist())
+        results: dict[int, dict] = {}
+        unsent: list[int] = []  # finished, not sent to the sink
+        done = asyncio.Event()
+
+        async def send_early():
+            while not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), FLUSH_S)
+                except asyncio.TimeoutError:
+                    pass
+                if unsent and not done.is_set():
+                    rows = unsent.copy()
+                    unsent.clear()
+                    await self.sink.put.remote(self.channel, self._table(batch, rows, results))
+
+        sender = asyncio.ensure_future(send_early()) if self.sink is not None else None
+        try:
+            async with aclosing(self.process(batch.select(self.inputs).to_pylist())) as stream:
+                async for finished in stream:
+                    for i, res in finished:
+                        results[i] = res
+                        unsent.append(i)
+        finally:
+            done.set()
+            if sender is not None:
+                await sender  # a send under way completes: its rows are the sink's, not the return's
         if len(results) != batch.num_rows:
             raise StageError(f"{type(self).__name__}: {len(results)} results for {batch.num_rows} rows")
-        return append_results(batch, results, self.outputs)
+        return self._table(batch, unsent, results)
+
+    def _table(self, batch: pa.Table, rows: list[int], results: dict[int, dict]) -> pa.Table:
+        return append_results(batch.take(rows), [results[i] for i in rows], self.outputs)
 
 
 def append_results(table: pa.Table, results: list[dict], schema: pa.Schema) -> pa.Table:
@@ -77,13 +124,16 @@ class Stage:
             if got != f.type:
                 raise StageError(f"stage {self.name}: output column {f.name} is {got}, declared {f.type}")
 
-    def run(self, table: pa.Table) -> Iterator[pa.Table]:
-        """Stream the rows through the caller pool; yield each finished batch."""
+    def run(self, table: pa.Table, early: tuple) -> Iterator[pa.Table]:
+        """Stream the rows through the caller pool; yield what each call returns.
+        `early`: (sink, channel) where the calls send the rows that finish before
+        them. Rows carry ROW_INDEX both ways (stream.waves merges them)."""
         import ray
         from ray.data import ActorPoolStrategy
 
         self.check_input(table)
         n, s = table.num_rows, self.settings
+        table = table.append_column(ROW_INDEX, pa.array(range(n), pa.int64()))
         rows = batch_size(n, s)
         # Blocks of one batch each (Ray Data's default block count is far larger than the pool needs).
         n_blocks = max(1, min(math.ceil(n / rows), 2000))
@@ -94,7 +144,7 @@ class Stage:
         # never free (the stream then hangs before its first row).
         ds = ray.data.from_blocks(blocks).map_batches(
             self.caller,
-            fn_constructor_kwargs=self.caller_args,
+            fn_constructor_kwargs={**self.caller_args, "early": early},
             batch_size=rows,
             batch_format="pyarrow",
             num_cpus=0,
@@ -103,9 +153,7 @@ class Stage:
         ds.set_name(self.name)  # what the dashboard shows for this stream
         batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
         try:
-            for batch in batches:
-                self.check_output(batch)
-                yield batch
+            yield from batches
         finally:
             # Stop Ray Data's executor now, also when the consumer stops early
             # (an error, a signal): its threads must not outlive Ray's shutdown.

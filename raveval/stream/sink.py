@@ -1,0 +1,48 @@
+"""The run's sink: where callers send the rows that finished while their call
+still runs (stream.stage), until the driver takes them.
+
+One small actor per run, on the driver's node, holding tables by channel (one
+channel per stream). The driver takes everything every TAKE_S, and a stream's
+own rows once more when its last call has returned: by then every call of the
+stream has sent its rows, so nothing reaches the sink after.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Seconds between the driver's takes (each take becomes one written part per stream).
+TAKE_S = 1.0
+# Longest wait for the sink to answer a take.
+TAKE_TIMEOUT_S = 60.0
+
+
+class Sink:
+    def __init__(self):
+        self.parts: list[tuple[int, pa.Table]] = []
+
+    async def put(self, channel: int, table: pa.Table) -> None:
+        self.parts.append((channel, table))
+
+    async def take(self, channel: int | None = None) -> list[tuple[int, pa.Table]]:
+        """The tables of `channel` (of every channel: None) sent since the last take."""
+        got = [p for p in self.parts if channel is None or p[0] == channel]
+        self.parts = [p for p in self.parts if channel is not None and p[0] != channel]
+        return got
+
+
+def start_sink():
+    """A sink actor that takes no CPU, on this (the driver's) node when it can."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(Sink).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+
+
+def take(sink, channel: int | None = None) -> list[tuple[int, pa.Table]]:
+    import ray
+
+    try:
+        return ray.get(sink.take.remote(channel), timeout=TAKE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"the run's sink (early rows) did not answer in {TAKE_TIMEOUT_S:.0f}s") from None
