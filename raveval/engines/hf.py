@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from dataclasses import replace
 from typing import Literal
+
+from pydantic import Field
 
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, ModelConfig, Prompt
 from raveval.engines.batcher import MicroBatcher
@@ -21,6 +24,10 @@ from raveval.engines.tokens import Tokens, plan_ll, resolve_model_path
 
 class HFModelConfig(ModelConfig):
     engine: Literal["hf"] = "hf"
+    # On CPU, the niceness of the thread that runs the model (and of the torch threads it
+    # starts): the run's coordination (driver, Ray Data, judge callers) goes first on a
+    # shared machine, and the model takes every CPU cycle they leave. 0: compete as equals.
+    cpu_nice: int = Field(10, ge=0, le=19)
 
     def build_engine(self, api_key=None) -> HFEngine:  # no API, no key
         return HFEngine(self)
@@ -107,7 +114,13 @@ class HFEngine(Engine):
         # logits of a large-vocab model would be gigabytes.
         self._keep_ok = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
-        self.batcher = MicroBatcher(self._run, cfg.batch_size, thread_init=self._set_threads)
+        self.batcher = MicroBatcher(self._run, cfg.batch_size, thread_init=self._batch_thread_init)
+
+    def _batch_thread_init(self) -> None:
+        self._set_threads()
+        nice = getattr(self.cfg, "cpu_nice", 0)
+        if self.device.type == "cpu" and nice:
+            os.nice(nice)  # this thread only (Linux); the threads it starts inherit it
 
     def _set_threads(self) -> None:
         # Applied in the worker thread too: OpenMP thread counts are per thread.

@@ -84,7 +84,7 @@ class Caller:
         return self._table(batch, unsent, results)
 
     def _table(self, batch: pa.Table, rows: list[int], results: dict[int, dict]) -> pa.Table:
-        return append_results(batch.take(rows), [results[i] for i in rows], self.outputs)
+        return append_results(batch.take(pa.array(rows, pa.int64())), [results[i] for i in rows], self.outputs)
 
 
 def append_results(table: pa.Table, results: list[dict], schema: pa.Schema) -> pa.Table:

@@ -50,18 +50,20 @@ def one_run(args, work: str, with_key: bool) -> dict:
             f"judges.gpt4o.base_url={srv.base_url}", f"judges.gpt4o.api_key_env={KEY_ENV}",
             f"judges.gpt4o.requests_per_minute={args.rpm}", "judges.gpt4o.timeout_s=10",
             "judges.gpt4o.retry.backoff_s=0.2", "judges.gpt4o.retry.backoff_max_s=5"])
-        t0 = time.perf_counter()
+        t0 = time.monotonic()  # the server's clock
         try:
-            result = run(cfg, log=lambda *_: None)
+            result = run(cfg, log=(lambda m: print(f"  {time.monotonic() - t0:6.1f}s {m}")) if args.verbose
+                         else (lambda *_: None))
         finally:
             shutdown(cfg)
-        wall = time.perf_counter() - t0
+        wall = time.monotonic() - t0
         sent = list(srv.log)
     judged = Store(work, JUDGEMENTS).read(columns=["key", "error"])
     ok = 0 if judged is None else judged.column("error").null_count
     over = FakeChatServer.max_in_window([e["t"] for e in sent], 60.0) > args.rpm
+    first = min((e["t"] - t0 for e in sent), default=None)
     return {"wall_s": wall, "rows": result.stats.get("rows", 0), "judged_ok": ok, "sent": len(sent),
-            "over_limit": over}
+            "over_limit": over, "first_s": first}
 
 
 def main() -> None:
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--faults", type=float, default=0.2, help="share of judge requests answered with a fault")
     ap.add_argument("--latency", type=float, default=0.5, help="seconds the judge takes per answer")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per turn")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print each run's log lines, timed")
     args = ap.parse_args()
     if not (Path(args.data_root) / "mt_bench" / "question.jsonl").is_file():
         sys.exit(f"no MT-Bench data under {args.data_root}/mt_bench (see ../shared/data/README)")
@@ -81,10 +84,12 @@ def main() -> None:
     judge = one_run(args, split, with_key=True)
     both = one_run(args, tempfile.mkdtemp(prefix="raveval-overlap-"), with_key=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"{'run':<18} {'wall s':>8} {'model rows':>11} {'judgements ok':>14} {'requests':>9} {'over limit':>11}")
+    print(f"{'run':<18} {'wall s':>8} {'model rows':>11} {'judgements ok':>14} {'requests':>9} {'over limit':>11} "
+          f"{'first request s':>16}")
     for name, r in (("generation alone", gen), ("judging alone", judge), ("overlapped", both)):
+        first = "-" if r["first_s"] is None else f"{r['first_s']:.1f}"
         print(f"{name:<18} {r['wall_s']:8.1f} {r['rows']:11d} {r['judged_ok']:14d} {r['sent']:9d} "
-              f"{str(r['over_limit']):>11}")
+              f"{str(r['over_limit']):>11} {first:>16}")
     ratio = both["wall_s"] / max(gen["wall_s"], judge["wall_s"])
     print(f"overlapped / max(alone) = {ratio:.2f} (target <= 1.15); "
           f"sum of the two alone = {gen['wall_s'] + judge['wall_s']:.1f}s")
