@@ -114,3 +114,51 @@ def test_a_killed_driver_loses_only_the_rows_in_the_engine(ray_local, tmp_path):
     assert result.stats["reused"] == len(kept) and result.stats["rows"] == N - len(kept), result.stats
     rows = Store(tmp_path / "work").read().to_pylist()
     assert sorted(Counter(r["key"] for r in rows).values()) == [1] * N
+
+
+def test_rows_sent_again_by_a_retried_call_are_kept_once(ray_local, tmp_path):
+    """A caller that dies after sending half its rows to the sink: Ray Data runs
+    the batch again on a new caller, which sends every row; each row is delivered once."""
+    import asyncio
+
+    import pyarrow as pa
+
+    from raveval.config.schema import StreamConfig
+    from raveval.stream.stage import Caller, Stage
+    from raveval.stream.waves import Waves
+
+    marker = str(tmp_path / "died-once")
+
+    class DiesOnce(Caller):  # defined here: Ray pickles it by value for the workers
+        inputs = ["x"]
+        outputs = pa.schema([("y", pa.int64()), ("error", pa.string())])
+
+        def __init__(self, marker: str, early=None):
+            super().__init__(early)
+            self.marker = marker
+
+        async def process(self, rows):
+            half = len(rows) // 2
+            yield [(i, {"y": 2 * r["x"]}) for i, r in enumerate(rows[:half])]
+            await asyncio.sleep(2.0)  # the first half goes to the sink meanwhile
+            if not os.path.exists(self.marker):
+                Path(self.marker).touch()
+                os._exit(1)  # the caller's process dies mid-call
+            yield [(half + i, {"y": 2 * r["x"]}) for i, r in enumerate(rows[half:])]
+
+    waves = Waves()
+    stage = Stage("dies-once", DiesOnce, {"marker": marker}, StreamConfig(batch_rows=10, callers=1, calls_per_caller=1))
+    waves.start("t", stage, pa.table({"x": list(range(10))}))
+    got, deadline = [], time.monotonic() + 180
+    try:
+        while waves.running and time.monotonic() < deadline:
+            event = waves.next(1.0)
+            if event is not None and event.error is not None:
+                raise event.error
+            if event is not None and event.batch is not None:
+                assert "_row" not in event.batch.column_names
+                got += event.batch.to_pylist()
+    finally:
+        waves.stop()
+    assert os.path.exists(marker), "the caller never died: nothing was sent twice"
+    assert sorted(r["x"] for r in got) == list(range(10)) and all(r["y"] == 2 * r["x"] for r in got)

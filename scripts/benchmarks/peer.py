@@ -31,6 +31,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -536,7 +537,9 @@ def main() -> int:
                 runs, reason = [], None
                 for i in range(args.repeat):
                     w = work / set_name / f"{tool}-{i}"
-                    w.mkdir(parents=True, exist_ok=True)
+                    if w.exists():  # a --work folder used before: its stored rows would be reused, not computed
+                        shutil.rmtree(w)
+                    w.mkdir(parents=True)
                     log(f"{tool} on {set_name} ({i + 1}/{args.repeat})")
                     try:
                         if tool == "raveval":
