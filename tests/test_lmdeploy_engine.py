@@ -488,7 +488,7 @@ def test_replica_turns_a_failing_row_into_an_error_row(tm, loop, mp_module):
         return r
     try:
         async def collect(requests):
-            return dict(pair async for done in replica.stream_batch(requests) for pair in done)
+            return {i: res async for done in replica.stream_batch(requests) for i, res in done}
         got = loop.run_until_complete(collect([row("Answer:"), row("x BOOM"), row("Answer:", "ll")]))
         outs = [got[i] for i in range(3)]
     finally:

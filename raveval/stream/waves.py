@@ -16,6 +16,7 @@ once, and a wave's end only after all its rows.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -96,6 +97,10 @@ class Waves:
         self.closing.set()
         for w in self.running:
             w.stop.set()
+        if not wait:
+            # Ray goes next, maybe while a wave's thread is still starting its stream:
+            # Ray Data would log that abandoned stream's failure as a stack trace.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         deadline = time.monotonic() + (STOP_WAIT_S if wait else 0.0)
         for t in [w.thread for w in self.running] + [self.taker]:
             if t is not None:
