@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from contextlib import aclosing
 from typing import AsyncIterator
 
 import pyarrow as pa
@@ -78,8 +79,9 @@ class ModelCaller(Caller):
         if self.ready is None:
             self.ready = asyncio.ensure_future(self._wait_ready())
         await self.ready  # a model that cannot start stops the run here, before any row is sent
-        async for finished in self.call([{k: r[k] for k in ENGINE_FIELDS} for r in rows]):
-            yield [(i, score(rows[i], res)) for i, res in finished]
+        async with aclosing(self.call([{k: r[k] for k in ENGINE_FIELDS} for r in rows])) as results:
+            async for finished in results:
+                yield [(i, score(rows[i], res)) for i, res in finished]
 
     async def call(self, requests: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
         """A batch's results from the replicas as they finish, (index, result) pairs.

@@ -141,7 +141,7 @@ class Waves:
                     for channel, table in take(self.sink):
                         by_channel[channel].append(table)
                     for channel, tables in by_channel.items():
-                        if channel in self.channels:  # else its wave was stopped
+                        if channel in self.channels:  # else a late copy of an ended wave's rows
                             self._deliver(self.channels[channel], pa.concat_tables(tables))
                 except Exception as e:  # the run cannot go on without its rows: any running wave reports it
                     if self.channels and not self.closing.is_set():
