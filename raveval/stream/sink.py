@@ -8,12 +8,14 @@ stream has sent its rows, so nothing reaches the sink after.
 """
 from __future__ import annotations
 
+import asyncio
+
 import pyarrow as pa
 
 # Seconds between the driver's takes (each take becomes one written part per stream).
 TAKE_S = 1.0
-# Longest wait for the sink to answer a take.
-TAKE_TIMEOUT_S = 60.0
+# Longest wait for the sink to answer a put (a caller's) or a take (the driver's).
+SINK_TIMEOUT_S = 60.0
 
 
 class Sink:
@@ -39,10 +41,23 @@ def start_sink():
     return ray.remote(Sink).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
 
 
+def _no_answer(what: str) -> TimeoutError:
+    return TimeoutError(f"the run's sink (early rows) did not answer a {what} in {SINK_TIMEOUT_S:.0f}s")
+
+
+async def put(sink, channel: int, table: pa.Table) -> None:
+    """Send `table` to the sink (from a caller)."""
+    try:
+        await asyncio.wait_for(sink.put.remote(channel, table), SINK_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise _no_answer("put") from None
+
+
 def take(sink, channel: int | None = None) -> list[tuple[int, pa.Table]]:
+    """The tables sent since the last take (in the driver)."""
     import ray
 
     try:
-        return ray.get(sink.take.remote(channel), timeout=TAKE_TIMEOUT_S)
+        return ray.get(sink.take.remote(channel), timeout=SINK_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"the run's sink (early rows) did not answer in {TAKE_TIMEOUT_S:.0f}s") from None
+        raise _no_answer("take") from None

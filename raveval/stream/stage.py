@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, ClassVar, Iterator
 import pyarrow as pa
 
 from raveval.config.schema import StreamConfig
+from raveval.stream.sink import put
 
 
 # Seconds between a call's sends of its finished rows to the sink.
@@ -66,7 +67,7 @@ class Caller:
                 if unsent and not done.is_set():
                     rows = unsent.copy()
                     unsent.clear()
-                    await self.sink.put.remote(self.channel, self._table(batch, rows, results))
+                    await put(self.sink, self.channel, self._table(batch, rows, results))
 
         sender = asyncio.ensure_future(send_early()) if self.sink is not None else None
         try:
