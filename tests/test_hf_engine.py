@@ -305,3 +305,22 @@ def test_loading_configs_imports_no_backend():
             "print('HEAVY', [m for m in ('torch', 'transformers', 'vllm', 'lmdeploy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
+
+
+def test_batcher_prefers_the_oldest_rows_group():
+    """Rows of the oldest row's group (the same prompt opening) go first, then the closest in size."""
+    calls = []
+
+    def run(key, items):
+        calls.append(sorted(items))
+        return items
+
+    b = MicroBatcher(run, max_batch=3)
+    rows = [(10, "a"), (11, "b"), (90, "a"), (12, "b"), (91, "a"), (13, "c")]
+
+    async def main():
+        return await asyncio.gather(*(b.submit("k", s, size=s, group=g) for s, g in rows))
+
+    assert asyncio.run(main()) == [s for s, _ in rows]
+    b.close()
+    assert calls == [[10, 90, 91], [11, 12, 13]]

@@ -1,11 +1,13 @@
 """A small async micro-batcher.
 
-Callers `await submit(key, item, size)`; a worker task takes the oldest
-waiting request and, of the others that share its key, those closest to it in
-`size` (at most `max_batch` in all), runs the synchronous `run(key, items) ->
-results` in one worker thread and resolves each caller's future. Every row in
-flight is a candidate, so a batch holds prompts of similar length (little
-padding) and the oldest request always goes next (none waits forever). The
+Callers `await submit(key, item, size, group)`; a worker task takes the oldest
+waiting request and, of the others that share its key, first those in its
+`group` (rows with the same few-shot prefix, which the engine then computes
+once), then those closest to it in `size` (at most `max_batch` in all), runs
+the synchronous `run(key, items) -> results` in one worker thread and resolves
+each caller's future. Every row in flight is a candidate, so a batch holds
+prompts of similar length (little padding) and the oldest request always goes
+next (none waits forever). The
 event loop stays free while a batch runs, so the next batch forms from
 whatever arrives meanwhile; there is no timer, so no added latency.
 """
@@ -28,18 +30,19 @@ class MicroBatcher:
         self.max_batch = max(1, max_batch)
         # One thread: the model runs one batch at a time, in submission order.
         self._executor = ThreadPoolExecutor(1, "raveval-batch", initializer=thread_init)
-        self._pending: deque[tuple[Hashable, Any, asyncio.Future, int]] = deque()
+        self._pending: deque[tuple[Hashable, Any, asyncio.Future, int, Hashable]] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches_run = 0  # for tests and stats
         self.items_run = 0
 
-    async def submit(self, key: Hashable, item: Any, size: int = 0) -> Any:
-        """`size`: the item's length (characters of the prompt will do): batches group similar sizes."""
+    async def submit(self, key: Hashable, item: Any, size: int = 0, group: Hashable = None) -> Any:
+        """`size`: the item's length (characters of the prompt will do): batches group similar
+        sizes. `group`: items that are best run together (the same prompt prefix)."""
         self._ensure_worker()
         fut = self._loop.create_future()
-        self._pending.append((key, item, fut, size))
+        self._pending.append((key, item, fut, size, group))
         self._wake.set()
         return await fut
 
@@ -58,10 +61,10 @@ class MicroBatcher:
         if not live:
             self._pending = deque()
             return None, []
-        key, _, _, size = live[0]
+        key, _, _, size, group = live[0]
         same = [i for i, e in enumerate(live) if e[0] == key]
-        # Closest in size to the oldest first (the oldest itself at distance 0); ties by age.
-        chosen = set(sorted(same, key=lambda i: abs(live[i][3] - size))[: self.max_batch])
+        # The oldest's group, then closest in size to the oldest (itself at distance 0); ties by age.
+        chosen = set(sorted(same, key=lambda i: (live[i][4] != group, abs(live[i][3] - size)))[: self.max_batch])
         self._pending = deque(e for i, e in enumerate(live) if i not in chosen)
         return key, [(live[i][1], live[i][2]) for i in sorted(chosen)]
 
@@ -100,7 +103,7 @@ class MicroBatcher:
         """Stop the worker (its waiting callers are cancelled) and the thread."""
         if self._worker is not None and self._loop is asyncio.get_running_loop():
             self._worker.cancel()
-        for _, _, fut, _ in self._pending:
+        for _, _, fut, _, _ in self._pending:
             fut.cancel()
         await asyncio.to_thread(self._executor.shutdown)  # lets a running batch end
 
