@@ -122,3 +122,27 @@ def test_cpu_attention_takes_grouped_heads_as_they_are(engines):
         a = cached.model(input_ids=ids, attention_mask=mask).logits
         b = plain.model(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_prefix_cache_reuses_the_shared_part_of_a_longer_kept_prefix(engines):
+    """A kept prefix longer than the one asked for is cut to the shared part; only the rest is computed."""
+    import torch
+
+    from raveval.engines.prefix_cache import PrefixCache
+
+    cached, _ = engines
+    cache = PrefixCache(cached.model, cached.device, capacity=2)
+    ids = cached.tokenizer(SHOTS["math"] + SHOTS["geo"]).input_ids
+    assert len(ids) > 300
+    a, b = ids[:100], ids[:80] + ids[200:230]  # b shares its first 80 tokens with a
+    cache.get(a, 1)
+    assert cache.tokens_computed == 100 and cache.hits == 0
+    got = cache.get(b, 3)
+    assert cache.tokens_computed == 100 + 30 and cache.hits == 1
+    fresh = PrefixCache(cached.model, cached.device, capacity=1).get(b, 3)
+    assert got.get_seq_length() == fresh.get_seq_length() == 110
+    for x, y in zip(got.layers, fresh.layers):
+        assert x.keys.shape[0] == 3 and torch.allclose(x.keys, y.keys, atol=1e-5)
+        assert torch.allclose(x.values, y.values, atol=1e-5)
+    cache.get(ids[:300], 1)  # a third prefix: the least recently used one goes
+    assert len(cache._entries) == 2 and tuple(a) not in cache._entries

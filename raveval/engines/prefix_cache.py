@@ -78,7 +78,12 @@ class PrefixCache:
         """A fresh DynamicCache holding `tokens`' keys and values for `batch` rows
         (the model appends the rows' own tokens to it). Computes only what no
         kept prefix already has."""
-        key = tuple(tokens)
+        import torch
+
+        with torch.inference_mode():
+            return self._get(tuple(tokens), batch)
+
+    def _get(self, key: tuple[int, ...], batch: int):
         best, have = None, 0
         for k in self._entries:
             n = shared_len(k, key)
@@ -93,7 +98,8 @@ class PrefixCache:
             if have >= MIN_PREFIX:
                 self.hits += 1
                 kv = copy.deepcopy(self._entries[best])
-                kv.crop(have)
+                if len(best) > have:
+                    kv.crop(have - len(best))  # drop the tokens past the shared part
             if have < len(key):
                 kv = self._compute(key[have:] if kv is not None else key, kv)
             self._entries[key] = kv
@@ -108,5 +114,4 @@ class PrefixCache:
 
         self.tokens_computed += len(tokens)
         ids = torch.tensor([list(tokens)], device=self.device)
-        with torch.inference_mode():
-            return self.model(input_ids=ids, past_key_values=past, use_cache=True, **self._kw).past_key_values
+        return self.model(input_ids=ids, past_key_values=past, use_cache=True, **self._kw).past_key_values
