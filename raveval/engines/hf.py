@@ -18,8 +18,8 @@ from typing import Literal
 from pydantic import Field
 
 from raveval.engines.base import Engine, GenOutput, GenParams, LLOutput, ModelConfig, Prompt
-from raveval.engines import hf_gqa
 from raveval.engines.batcher import MicroBatcher
+from raveval.engines.hf_gqa import use_on_cpu as use_grouped_attention_on_cpu
 from raveval.engines.prefix_cache import MIN_PREFIX, PrefixCache, batches, common_prefix
 from raveval.engines.tokens import Tokens, first_stop, plan_ll, resolve_model_path
 
@@ -154,7 +154,7 @@ class HFEngine(Engine):
             model = model.to(self.device)
         self.model = model.eval()
         if "attn_implementation" not in cfg.engine_args:
-            hf_gqa.use_on_cpu(self.model)
+            use_grouped_attention_on_cpu(self.model)
 
         self.batch_size = cfg.batch_size
         limit = getattr(self.model.config, "max_position_embeddings", None)
