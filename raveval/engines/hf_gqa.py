@@ -13,7 +13,14 @@ NAME = "raveval_sdpa_gqa"
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kwargs.get("position_bias") is not None or kwargs.get("cache") is not None:
+        # A position bias or a paged cache: transformers' own SDPA handles those.
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    # As transformers' SDPA: causal only for a prefill without a mask; a single query
+    # (decoding) attends to every cached key.
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = query.shape[2] > 1 and attention_mask is None and causal
     out = torch.nn.functional.scaled_dot_product_attention(
