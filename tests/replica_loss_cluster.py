@@ -101,7 +101,7 @@ def main(tmp: Path, n_rows: int) -> None:
                                                            "_system_config": fast})
     workers = [cluster.add_node(num_cpus=2) for _ in range(3)]
     cluster.wait_for_nodes(timeout=120)
-    report: dict = {"removed": None, "replica_nodes": None}
+    report: dict = {"removed": None, "replica_nodes": None, "head": cluster.head_node.node_id}
     try:
         ray.init(address=cluster.address)
         serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
@@ -120,6 +120,8 @@ def main(tmp: Path, n_rows: int) -> None:
                 report["removed"] = f"no worker node hosts a replica: {reps}"
                 return
             report["rows_before"] = sum(prediction_keys(cfg.work_dir)[0].values())
+            report["sink_nodes"] = [a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+                                    if a.get("State") == "ALIVE" and a.get("ActorClassName") == "Sink"]
             cluster.remove_node(node)
             report["removed"] = node.node_id
 

@@ -33,12 +33,16 @@ class Sink:
 
 
 def start_sink():
-    """A sink actor that takes no CPU, on this (the driver's) node when it can."""
+    """A sink actor that takes no CPU, on this (the driver's) node.
+
+    Pinned (not soft): a soft affinity sends it to another node whenever the
+    driver's CPUs are busy, and losing that node would lose the rows it holds.
+    On the driver's node it dies only with the driver."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    return ray.remote(Sink).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+    return ray.remote(Sink).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
 
 
 def _no_answer(what: str) -> TimeoutError:
