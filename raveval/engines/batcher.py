@@ -38,7 +38,7 @@ class MicroBatcher:
         self.items_run = 0
 
     async def submit(self, key: Hashable, item: Any, size: int = 0, group: Hashable = None) -> Any:
-        """`size`: the item's length (characters of the prompt will do): batches group similar
+        """`size`: the item's length (in tokens, best): batches group similar
         sizes. `group`: items that are best run together (the same prompt prefix)."""
         self._ensure_worker()
         fut = self._loop.create_future()
