@@ -324,3 +324,42 @@ def test_batcher_prefers_the_oldest_rows_group():
     assert asyncio.run(main()) == [s for s, _ in rows]
     b.close()
     assert calls == [[10, 90, 91], [11, 12, 13]]
+
+
+def test_batcher_workers_run_batches_at_once():
+    """With two workers, two batches run at the same time (each waits for the other
+    at a barrier; one worker would break it), and every row still gets its result."""
+    import threading
+
+    both = threading.Barrier(2, timeout=10)
+    threads = set()
+
+    def run(key, items):
+        threads.add(threading.current_thread().name)
+        if items[0] < 2:  # the first two batches (rows 0 and 1) meet at the barrier
+            both.wait()
+        return [x * 10 for x in items]
+
+    b = MicroBatcher(run, max_batch=1, workers=2)
+
+    async def main():
+        return await asyncio.gather(*(b.submit("k", i) for i in range(6)))
+
+    assert asyncio.run(main()) == [i * 10 for i in range(6)]
+    b.close()
+    assert not both.broken and len(threads) == 2
+
+
+def test_cpu_streams_split_the_threads(engine, tiny_dir):
+    """On 2 CPUs the engine runs 2 batches at once on 1 torch thread each (the async
+    tests above go through both); cpu_streams: 1 gives one batch both threads."""
+    import torch
+
+    assert engine.batcher.workers == 2 and engine._stream_threads == 1
+    one = _engine(tiny_dir, cpu_streams=1)
+    try:
+        assert one.batcher.workers == 1 and one._stream_threads == 2
+        assert one.batcher._executor.submit(torch.get_num_threads).result() == 2
+        assert engine.batcher._executor.submit(torch.get_num_threads).result() == 1
+    finally:
+        one.batcher.close()

@@ -9,7 +9,8 @@ each caller's future. Every row in flight is a candidate, so a batch holds
 prompts of similar length (little padding) and the oldest request always goes
 next (none waits forever). The
 event loop stays free while a batch runs, so the next batch forms from
-whatever arrives meanwhile; there is no timer, so no added latency.
+whatever arrives meanwhile; there is no timer, so no added latency. With
+`workers` > 1, that many batches run at once, each in its own thread.
 """
 from __future__ import annotations
 
@@ -25,14 +26,16 @@ class MicroBatcher:
         run: Callable[[Hashable, list], list],
         max_batch: int,
         thread_init: Callable[[], None] | None = None,
+        workers: int = 1,
     ):
         self._run = run
         self.max_batch = max(1, max_batch)
-        # One thread: the model runs one batch at a time, in submission order.
-        self._executor = ThreadPoolExecutor(1, "raveval-batch", initializer=thread_init)
+        self.workers = max(1, workers)
+        # A thread per worker: each runs one batch at a time, oldest request first.
+        self._executor = ThreadPoolExecutor(self.workers, "raveval-batch", initializer=thread_init)
         self._pending: deque[tuple[Hashable, Any, asyncio.Future, int, Hashable]] = deque()
         self._wake: asyncio.Event | None = None
-        self._worker: asyncio.Task | None = None
+        self._worker: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches_run = 0  # for tests and stats
         self.items_run = 0
@@ -48,13 +51,13 @@ class MicroBatcher:
 
     def _ensure_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
+        if self._loop is not loop or all(w.done() for w in self._worker):
             # First use, or a new event loop (e.g. successive asyncio.run calls):
             # futures and events belong to one loop, so start afresh on this one.
             self._loop = loop
             self._pending = deque()
             self._wake = asyncio.Event()
-            self._worker = loop.create_task(self._work())
+            self._worker = [loop.create_task(self._work()) for _ in range(self.workers)]
 
     def _take(self) -> tuple[Hashable, list[tuple[Any, asyncio.Future]]]:
         live = [e for e in self._pending if not e[2].done()]  # skip callers that gave up (cancelled)
@@ -101,8 +104,9 @@ class MicroBatcher:
 
     async def aclose(self) -> None:
         """Stop the worker (its waiting callers are cancelled) and the thread."""
-        if self._worker is not None and self._loop is asyncio.get_running_loop():
-            self._worker.cancel()
+        if self._loop is asyncio.get_running_loop():
+            for w in self._worker:
+                w.cancel()
         for _, _, fut, _, _ in self._pending:
             fut.cancel()
         await asyncio.to_thread(self._executor.shutdown)  # lets a running batch end

@@ -10,6 +10,7 @@ own copy, so only the rows' own tokens run through the model.
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from typing import Sequence
 
@@ -68,11 +69,13 @@ class PrefixCache:
         keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._kw = {"logits_to_keep": 1} if keep else {}
         self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self._lock = threading.Lock()  # batches may run in several threads (HF cpu_streams)
         self.hits = self.tokens_computed = 0  # for tests and stats
 
     def longest(self, tokens: Sequence[int]) -> int:
         """How many leading tokens of `tokens` a kept prefix has."""
-        return max((shared_len(k, tokens) for k in self._entries), default=0)
+        with self._lock:
+            return max((shared_len(k, tokens) for k in self._entries), default=0)
 
     def get(self, tokens: Sequence[int], batch: int):
         """A fresh DynamicCache holding `tokens`' keys and values for `batch` rows
@@ -80,7 +83,7 @@ class PrefixCache:
         kept prefix already has."""
         import torch
 
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             return self._get(tuple(tokens), batch)
 
     def _get(self, key: tuple[int, ...], batch: int):
