@@ -20,12 +20,12 @@ SINK_TIMEOUT_S = 60.0
 
 class Sink:
     def __init__(self):
-        self.parts: list[tuple[int, pa.Table]] = []
+        self.parts: list[tuple[int, bytes]] = []
 
-    async def put(self, channel: int, table: pa.Table) -> None:
+    async def put(self, channel: int, table: bytes) -> None:
         self.parts.append((channel, table))
 
-    async def take(self, channel: int | None = None) -> list[tuple[int, pa.Table]]:
+    async def take(self, channel: int | None = None) -> list[tuple[int, bytes]]:
         """The tables of `channel` (of every channel: None) sent since the last take."""
         got = [p for p in self.parts if channel is None or p[0] == channel]
         self.parts = [p for p in self.parts if channel is not None and p[0] != channel]
@@ -49,10 +49,17 @@ def _no_answer(what: str) -> TimeoutError:
     return TimeoutError(f"the run's sink (early rows) did not answer a {what} in {SINK_TIMEOUT_S:.0f}s")
 
 
+def _to_bytes(table: pa.Table) -> bytes:
+    out = pa.BufferOutputStream()
+    with pa.ipc.new_stream(out, table.schema) as writer:
+        writer.write_table(table)
+    return out.getvalue().to_pybytes()
+
+
 async def put(sink, channel: int, table: pa.Table) -> None:
     """Send `table` to the sink (from a caller)."""
     try:
-        await asyncio.wait_for(sink.put.remote(channel, table), SINK_TIMEOUT_S)
+        await asyncio.wait_for(sink.put.remote(channel, _to_bytes(table)), SINK_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise _no_answer("put") from None
 
@@ -62,6 +69,7 @@ def take(sink, channel: int | None = None) -> list[tuple[int, pa.Table]]:
     import ray
 
     try:
-        return ray.get(sink.take.remote(channel), timeout=SINK_TIMEOUT_S)
+        got = ray.get(sink.take.remote(channel), timeout=SINK_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         raise _no_answer("take") from None
+    return [(c, pa.ipc.open_stream(b).read_all()) for c, b in got]
