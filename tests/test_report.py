@@ -214,3 +214,19 @@ def test_a_folder_without_a_run_is_one_line(tmp_path):
     res = raveval("report", str(tmp_path))
     assert res.returncode == 1 and res.stderr.strip() == (
         f"raveval: no summary at {tmp_path}/summary.parquet (has a run finished there?)")
+
+
+def test_the_javascript_bundle_is_built_once_and_kept(two_runs, tmp_path, monkeypatch):
+    """vl-convert's bundle (1.4 s to build) is cached per vl-convert version; a report
+    from the cache embeds the same bundle."""
+    import vl_convert
+
+    from raveval.results.report import build_report
+
+    monkeypatch.setenv("RAVEVAL_CACHE", str(tmp_path / "cache"))
+    first, _ = build_report([two_runs[0]], out=str(tmp_path / "r1"), png=False, log=lambda *a: None)
+    kept = list((tmp_path / "cache").glob("vl-convert-*-bundle.js"))
+    assert [p.name for p in kept] == [f"vl-convert-{vl_convert.__version__}-bundle.js"]
+    assert kept[0].read_text() == vl_convert.javascript_bundle()
+    second, _ = build_report([two_runs[0]], out=str(tmp_path / "r2"), png=False, log=lambda *a: None)
+    assert open(first).read() == open(second).read()

@@ -17,6 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from raveval.config import default_cache_dir
+
 # A model config's `path` that names this model (engines.tokens.resolve_model_path builds it).
 BUILTIN_TINY = "builtin:tiny-llama"
 NAME = "tiny-llama-v1"
@@ -30,10 +32,6 @@ CHAT_TEMPLATE = (
 )
 _lock = threading.Lock()
 _CORPUS = Path(__file__).with_name("tiny_corpus.txt")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RAVEVAL_CACHE") or Path.home() / ".cache" / "raveval")
 
 
 def _corpus_lines() -> list[str]:

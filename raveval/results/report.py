@@ -10,8 +10,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from importlib import resources
 
+from raveval.config import default_cache_dir
 from raveval.results.report_charts import all_charts, datasets_of
 from raveval.results.report_data import ROW_FIELDS, ReportError, beside, RunData, label_runs, load_run
 from raveval.results.workdir import WorkDir
@@ -31,6 +33,25 @@ def _vl_convert():
     except ImportError:
         raise ReportExtraMissing(f"the HTML report needs the `report` extra: {INSTALL_HINT}") from None
     return vl_convert
+
+
+def _javascript_bundle(vlc) -> str:
+    """vl-convert's Vega/Vega-Lite bundle, cached per vl-convert version: building it
+    takes 1.4 s, more than the rest of a report."""
+    path = default_cache_dir() / f"vl-convert-{getattr(vlc, '__version__', 'unknown')}-bundle.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vlc.javascript_bundle()
+    try:  # written whole, then renamed: a concurrent report never reads half of it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(bundle, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: build it each time
+    return bundle
 
 
 def _fmt(value, metric: str) -> str:
@@ -140,7 +161,7 @@ def build_report(work_dirs: list[str], out: str | None = None, png: bool = True,
         label_runs(runs)
     charts = all_charts(runs)
     target = WorkDir(out or (beside(work_dirs[0], "report") if len(work_dirs) == 1 else "raveval-report"))
-    target.write_bytes(render_html(runs, charts, vlc.javascript_bundle()).encode(), REPORT_FILE)
+    target.write_bytes(render_html(runs, charts, _javascript_bundle(vlc)).encode(), REPORT_FILE)
     pngs = []
     if png:
         for c in charts:
