@@ -350,16 +350,29 @@ def test_batcher_workers_run_batches_at_once():
     assert not both.broken and len(threads) == 2
 
 
-def test_cpu_streams_split_the_threads(engine, tiny_dir):
-    """On 2 CPUs the engine runs 2 batches at once on 1 torch thread each (the async
-    tests above go through both); cpu_streams: 1 gives one batch both threads."""
+def _stream_threads(e: HFEngine) -> list[int]:
+    """torch's thread count in each of the engine's batch threads (all of them at once)."""
+    import threading
+
     import torch
 
-    assert engine.batcher.workers == 2 and engine._stream_threads == 1
-    one = _engine(tiny_dir, cpu_streams=1)
-    try:
-        assert one.batcher.workers == 1 and one._stream_threads == 2
-        assert one.batcher._executor.submit(torch.get_num_threads).result() == 2
-        assert engine.batcher._executor.submit(torch.get_num_threads).result() == 1
-    finally:
-        one.batcher.close()
+    meet = threading.Barrier(e.batcher.workers, timeout=10)
+
+    def count():
+        meet.wait()
+        return torch.get_num_threads()
+
+    return sorted(f.result() for f in [e.batcher._executor.submit(count) for _ in range(e.batcher.workers)])
+
+
+def test_cpu_streams_split_the_threads(engine, tiny_dir):
+    """On 2 CPUs the engine runs 2 batches at once on 1 torch thread each (the async
+    tests above go through both); cpu_streams: 1 gives one batch every thread, and so do
+    3 CPUs (torch's thread count is the process's: streams split the threads evenly)."""
+    assert _stream_threads(engine) == [1, 1]
+    for kw, want in (({"cpu_streams": 1}, [2]), ({"num_cpus": 3}, [3]), ({"num_cpus": 4, "cpu_streams": 4}, [1, 1, 1, 1])):
+        e = _engine(tiny_dir, **kw)
+        try:
+            assert _stream_threads(e) == want, kw
+        finally:
+            e.batcher.close()

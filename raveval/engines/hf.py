@@ -137,8 +137,12 @@ class HFEngine(Engine):
         else:
             self.device = torch.device(cfg.device)
         self._threads = max(1, int(cfg.num_cpus)) if self.device.type == "cpu" else None
-        self._set_threads()
-        streams = min(getattr(cfg, "cpu_streams", 1), self._threads) if self._threads else 1
+        if self._threads:  # the batch methods called directly (a plain loop) use them all
+            torch.set_num_threads(self._threads)
+        # torch's thread count is one for the whole process, so the streams share the
+        # threads evenly: as many streams as divide them, at most cpu_streams (3 CPUs: 1).
+        streams = max(s for s in range(1, min(getattr(cfg, "cpu_streams", 1), self._threads or 1) + 1)
+                      if (self._threads or 1) % s == 0)
         self._stream_threads = self._threads // streams if self._threads else None
         self._seeded = threading.Lock()  # a seed is torch's global state: one seeded batch at a time
 
@@ -173,13 +177,6 @@ class HFEngine(Engine):
         nice = getattr(self.cfg, "cpu_nice", 0)
         if self.device.type == "cpu" and nice:
             os.nice(nice)  # this thread only (Linux); the threads it starts inherit it
-
-    def _set_threads(self) -> None:
-        # Applied in the worker thread too: OpenMP thread counts are per thread.
-        if self._threads:
-            import torch
-
-            torch.set_num_threads(self._threads)
 
     @property
     def batches_run(self) -> int:
