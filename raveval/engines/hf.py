@@ -35,7 +35,8 @@ class HFModelConfig(ModelConfig):
     # Prompt prefixes (few-shot examples) shared by a batch's rows are computed once per
     # batch, and the last `prefix_cache` of them are kept for the next batches; 0: off.
     prefix_cache: int = Field(8, ge=0)
-    # On CPU, batches that run at once, each on num_cpus / cpu_streams torch threads.
+    # On CPU, batches that run at once (at most; as many as divide num_cpus evenly),
+    # each on an equal share of the torch threads.
     # torch's threads wait for each other at every op, so when another process takes
     # one core for a moment the whole batch waits; separate streams wait only for
     # themselves (on 2 cores beside a 30% load: 19% slower instead of 34%).
@@ -141,9 +142,9 @@ class HFEngine(Engine):
             torch.set_num_threads(self._threads)
         # torch's thread count is one for the whole process, so the streams share the
         # threads evenly: as many streams as divide them, at most cpu_streams (3 CPUs: 1).
-        streams = max(s for s in range(1, min(getattr(cfg, "cpu_streams", 1), self._threads or 1) + 1)
-                      if (self._threads or 1) % s == 0)
-        self._stream_threads = self._threads // streams if self._threads else None
+        threads = self._threads or 1
+        streams = max(s for s in range(1, min(getattr(cfg, "cpu_streams", 1), threads) + 1) if threads % s == 0)
+        self._stream_threads = threads // streams if self._threads else None
         self._seeded = threading.Lock()  # a seed is torch's global state: one seeded batch at a time
 
         self.tokens = Tokens(path)  # the token rules every engine shares
