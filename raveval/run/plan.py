@@ -3,6 +3,8 @@ stable keys, before anything starts; `describe` is what `--dry-run` prints.
 A dataset that cannot be loaded is marked with the reason; the others run."""
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from raveval.config.schema import DatasetConfig
@@ -44,8 +46,29 @@ class Plan:
         return {k: why for d in self.datasets for k, why in d.bad.items()}
 
 
+@contextmanager
+def _no_gc():
+    """A plan is millions of small objects without cycles: the cyclic collector would
+    scan them again and again as they are made (a third of the plan's time on
+    200,000 rows). Afterwards they are frozen: they live as long as the run, and
+    later collections (while rows stream) skip them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
+
+
 def make_plan(cfg: RunConfig) -> Plan:
     """Load every dataset and build its request rows; a failure marks that dataset only."""
+    with _no_gc():
+        return _make_plan(cfg)
+
+
+def _make_plan(cfg: RunConfig) -> Plan:
     model_id = cfg.model.identity()
     plans = []
     for name, d in cfg.datasets.items():

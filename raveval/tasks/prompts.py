@@ -8,6 +8,8 @@ prompt family (its spec in tasks/benchmarks); `prompt:` overrides each.
 """
 from __future__ import annotations
 
+from string import Formatter
+
 from raveval.config.schema import DatasetConfig
 from raveval.tasks.benchmarks import benchmark
 from raveval.tasks.benchmarks.common import LETTERS
@@ -17,23 +19,37 @@ class PromptError(ValueError):
     pass
 
 
-def _fields(row: dict, names: dict[str, str]) -> dict:
-    choices = list(row.get("choices") or [])
-    subject = row.get("subject") or ""
-    fields = {
-        **{k: v for k, v in row.items() if isinstance(v, str)},
-        "subject": subject,
-        "subject_name": names.get(subject) or subject.replace("_", " ") or "general knowledge",
-        "choices": "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
-        "explanation": row.get("explanation") or "",
-    }
-    fields.update({LETTERS[i]: c for i, c in enumerate(choices)})
-    return fields
+class _Fields:
+    """The fields a template can name for one row: its text columns, the choices
+    block, the subject's name, each choice by letter. Each is made only when the
+    template asks for it (a run builds hundreds of thousands of prompts)."""
+
+    def __init__(self, row: dict, names: dict[str, str]):
+        self.row, self.names = row, names
+
+    def __getitem__(self, key: str) -> str:
+        row = self.row
+        choices = row.get("choices") or []
+        if key == "choices":
+            return "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+        if key == "subject":
+            return row.get("subject") or ""
+        if key == "subject_name":
+            subject = row.get("subject") or ""
+            return self.names.get(subject) or subject.replace("_", " ") or "general knowledge"
+        if key == "explanation":
+            return row.get("explanation") or ""
+        if len(key) == 1 and key in LETTERS[:len(choices)]:
+            return choices[LETTERS.index(key)]
+        value = row.get(key)
+        if isinstance(value, str):
+            return value
+        raise KeyError(key)
 
 
-def _fill(template: str, row: dict, names: dict, fields: dict | None = None) -> str:
+def _fill(template: str, row: dict, names: dict) -> str:
     try:
-        return template.format(**(fields or _fields(row, names)))
+        return template.format_map(_Fields(row, names))
     except (KeyError, IndexError) as e:
         raise PromptError(f"template {template!r} uses {e} which row {row.get('row_id')!r} lacks") from None
 
@@ -55,6 +71,9 @@ class PromptBuilder:
         self.header = fam.header if self.p.header is None else self.p.header
         self.shot_answer = self.p.shot_answer or fam.shot_answer
         self._shots: dict[tuple[int, ...], list[tuple[str, str]]] = {}
+        # A header that names only the subject is the same for every row of a subject: made once per subject.
+        named = {f for _, f, _, _ in Formatter().parse(self.header or "") if f is not None}
+        self._headers: dict[str, str] | None = {} if named <= {"subject", "subject_name"} else None
 
     def _shot_pairs(self, shots: list[dict]) -> list[tuple[str, str]]:
         key = tuple(id(s) for s in shots)  # the same rows of the few-shot file
@@ -63,10 +82,18 @@ class PromptBuilder:
                                 for s in shots]
         return self._shots[key]
 
+    def _header(self, row: dict) -> str:
+        if self._headers is None:
+            return _fill(self.header, row, self.names)
+        subject = row.get("subject") or ""
+        if subject not in self._headers:
+            self._headers[subject] = _fill(self.header, row, self.names)
+        return self._headers[subject]
+
     def __call__(self, row: dict, shots: list[dict]) -> str | list[dict]:
-        p, fields = self.p, _fields(row, self.names)
-        question = _fill(self.template, row, self.names, fields)
-        header = _fill(self.header, row, self.names, fields) if self.header else ""
+        p = self.p
+        question = _fill(self.template, row, self.names)
+        header = self._header(row) if self.header else ""
         shot_pairs = self._shot_pairs(shots)
         if p.format == "plain":
             text = header + "".join(q + a + "\n\n" for q, a in shot_pairs) + question

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Optional
 
 import pyarrow as pa
@@ -88,7 +89,7 @@ def to_table(rows: list[Request] | list[JudgeRequest]) -> pa.Table:
     if not rows:
         raise ValueError("to_table: no rows")
     schema = SCHEMAS[type(rows[0])]
-    return pa.table({f.name: pa.array([getattr(r, f.name) for r in rows], type=f.type) for f in schema},
+    return pa.table({f.name: pa.array(list(map(attrgetter(f.name), rows)), type=f.type) for f in schema},
                     schema=schema)
 
 

@@ -7,7 +7,6 @@ import csv
 import json
 import random
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
@@ -33,17 +32,26 @@ class BadRow:
     error: str    # "<path>: line N: what is wrong"
 
 
-@contextmanager
-def row_at(bad: list[BadRow] | None, path: Path, where: str, subject: str = ""):
-    """The block builds one row from the record at `where` ("line 12") of `path`.
-    A RowError inside it adds a BadRow to `bad`; with `bad` None (few-shot files,
-    whose rows shape every prompt) it fails the dataset instead."""
-    try:
-        yield
-    except RowError as e:
-        if bad is None:
-            raise DatasetError(f"{path}: {where}: {e}") from None
-        bad.append(BadRow(f"{Path(path).name}:{where.split()[-1]}", subject, f"{path}: {where}: {e}"))
+class row_at:
+    """`with row_at(bad, path, where):` the block builds one row from the record at
+    `where` ("line 12") of `path`. A RowError inside it adds a BadRow to `bad`; with
+    `bad` None (few-shot files, whose rows shape every prompt) it fails the dataset
+    instead. (A class, not a generator: it runs once per row of every file.)"""
+
+    def __init__(self, bad: list[BadRow] | None, path: Path, where: str, subject: str = ""):
+        self.bad, self.path, self.where, self.subject = bad, path, where, subject
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if kind is None or not issubclass(kind, RowError):
+            return False
+        if self.bad is None:
+            raise DatasetError(f"{self.path}: {self.where}: {e}") from None
+        self.bad.append(BadRow(f"{Path(self.path).name}:{self.where.split()[-1]}", self.subject,
+                               f"{self.path}: {self.where}: {e}"))
+        return True
 
 
 @dataclass
