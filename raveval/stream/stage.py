@@ -9,8 +9,9 @@ back. A caller yields its rows' result dicts as they finish; a row that
 fails becomes a result with `error` set, never a failed batch.
 
 Rows that finish while their call still runs are not held until it ends:
-every FLUSH_S the caller sends them to the run's sink (stream.sink), which
-the driver empties as it goes; the call returns the rest. A short call (all
+every FLUSH_S each caller actor sends those of all its calls to the run's
+sink (stream.sink), which the driver empties as it goes; each call returns
+the rest. A short call (all
 rows back within FLUSH_S) sends nothing to the sink. Each row carries its
 index in the stream (ROW_INDEX), so rows sent twice (a caller that died
 after sending some, its batch computed again) are kept once.
@@ -49,43 +50,64 @@ class Caller:
     def __init__(self, early: tuple | None = None):
         """`early`: (sink actor, channel) that takes the rows finished before their call."""
         self.sink, self.channel = early or (None, None)
+        self.calls: set[_Call] = set()  # the calls in flight, whose finished rows the flusher sends
+        self.flusher: asyncio.Future | None = None  # one for the actor: one send per FLUSH_S for all its calls
+        self.lock: asyncio.Lock | None = None  # a call ends between sends, never during one
+        self.flush_error: BaseException | None = None
 
     def process(self, rows: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
         raise NotImplementedError
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        results: dict[int, dict] = {}
-        unsent: list[int] = []  # finished, not sent to the sink
-        done = asyncio.Event()
-
-        async def send_early():
-            while not done.is_set():
-                try:
-                    await asyncio.wait_for(done.wait(), FLUSH_S)
-                except asyncio.TimeoutError:
-                    pass
-                if unsent and not done.is_set():
-                    rows = unsent.copy()
-                    unsent.clear()
-                    await put(self.sink, self.channel, self._table(batch, rows, results))
-
-        sender = asyncio.ensure_future(send_early()) if self.sink is not None else None
+        call = _Call(batch)
+        if self.sink is not None:
+            if self.flusher is None:
+                self.lock = asyncio.Lock()
+                self.flusher = asyncio.ensure_future(self._flush())
+            self.calls.add(call)
         try:
             async with aclosing(self.process(batch.select(self.inputs).to_pylist())) as stream:
                 async for finished in stream:
                     for i, res in finished:
-                        results[i] = res
-                        unsent.append(i)
+                        call.results[i] = res
+                        call.unsent.append(i)
         finally:
-            done.set()
-            if sender is not None:
-                await sender  # a send under way completes: its rows are the sink's, not the return's
-        if len(results) != batch.num_rows:
-            raise StageError(f"{type(self).__name__}: {len(results)} results for {batch.num_rows} rows")
-        return self._table(batch, unsent, results)
+            if self.sink is not None:
+                async with self.lock:  # a send under way completes: its rows are the sink's, not the return's
+                    self.calls.discard(call)
+        if self.flush_error is not None:  # rows this call finished may be lost with that send
+            raise self.flush_error
+        if len(call.results) != batch.num_rows:
+            raise StageError(f"{type(self).__name__}: {len(call.results)} results for {batch.num_rows} rows")
+        return self._table(batch, call.unsent, call.results)
+
+    async def _flush(self) -> None:
+        """Every FLUSH_S, the rows finished in every call in flight, as one table to the sink."""
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_S)
+                async with self.lock:
+                    tables = []
+                    for call in self.calls:
+                        if call.unsent:
+                            rows, call.unsent = call.unsent, []
+                            tables.append(self._table(call.batch, rows, call.results))
+                    if tables:
+                        await put(self.sink, self.channel, pa.concat_tables(tables))
+        except Exception as e:  # every call in flight fails with it (their rows may be in that send)
+            self.flush_error = e
 
     def _table(self, batch: pa.Table, rows: list[int], results: dict[int, dict]) -> pa.Table:
         return append_results(batch.take(pa.array(rows, pa.int64())), [results[i] for i in rows], self.outputs)
+
+
+class _Call:
+    """One call of a caller: its batch, the results so far, the finished rows not sent yet."""
+
+    def __init__(self, batch: pa.Table):
+        self.batch = batch
+        self.results: dict[int, dict] = {}
+        self.unsent: list[int] = []
 
 
 def append_results(table: pa.Table, results: list[dict], schema: pa.Schema) -> pa.Table:
