@@ -103,3 +103,18 @@ def test_instant_engine_runs_the_whole_pipeline(ray_local, tmp_path):
     assert ll and all(r["prediction"] == "A" for r in ll)  # equal-length continuations: the first wins
     gen = [r for r in rows if r["mode"] == "gen"]
     assert gen and all(r["prediction"] for r in gen)
+
+
+def test_ray_starts_beside_the_plan_only_when_the_run_will_stream(tmp_path):
+    """A fresh run starts Ray while its datasets load; a mistyped path (the run may
+    have nothing to stream) or stored rows to reuse (maybe all of them) do not."""
+    import pyarrow as pa
+
+    store = Store(tmp_path)
+    cfg = load_config("demo", [f"work_dir={tmp_path}"])
+    assert pipeline._will_stream(cfg, store)
+    assert not pipeline._will_stream(load_config("demo", [f"work_dir={tmp_path}", "datasets.demo_gsm8k_gen.path=/nope"]),
+                                     store)
+    store.write_part(pa.table({"key": ["a stored row"]}))
+    assert cfg.resume and not pipeline._will_stream(cfg, store)
+    assert pipeline._will_stream(load_config("demo", [f"work_dir={tmp_path}", "resume=false"]), store)

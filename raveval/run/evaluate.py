@@ -16,6 +16,7 @@ import secrets
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ from raveval.results.store import JUDGEMENTS, Store
 from raveval.results.workdir import WorkDir
 from raveval.results.summary import keep_previous, markdown, summarize
 from raveval.run.config import RunConfig
-from raveval.run.pipeline import Pipeline
+from raveval.run.pipeline import Pipeline, start_ray
 from raveval.run.plan import Plan, describe, make_plan
 from raveval.serving.deploy import app_name, delete as delete_app, delete_deployed, forget_deployed
 from raveval.stream.model_stage import error_rows as model_error_rows
@@ -105,7 +106,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
 
 def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) -> RunResult:
     store = Store(work, log=log)
-    plan = make_plan(cfg)
+    plan = _plan_while_ray_starts(cfg, log) if _will_stream(cfg, store) else make_plan(cfg)
     stored = store.read(columns=["key", "dataset", "prediction", "error"]) if cfg.resume else None
     finished, answers = set(), {}
     if stored is not None:
@@ -137,6 +138,26 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) 
         work.write_bytes(config_yaml(cfg).encode(), "config.yaml")
     files = store.write_summary(summary, markdown(summary)) + _write_submissions(plan, results, work)
     return RunResult(plan, summary, failed, stats, files)
+
+
+def _will_stream(cfg: RunConfig, store: Store) -> bool:
+    """Whether the run will surely need Ray: nothing stored to reuse, and every dataset
+    file is there (a mistyped path fails at once, without starting Ray for nothing)."""
+    paths = [p for d in cfg.datasets.values() for p in (d.path, d.fewshot_path) if p]
+    return all(os.path.exists(p) for p in paths) and not (cfg.resume and store.parts())
+
+
+def _plan_while_ray_starts(cfg: RunConfig, log) -> Plan:
+    """Build the plan in a thread while Ray starts (a local Ray takes seconds). Ray
+    starts here, not in the thread: the processes of a local Ray die with the thread
+    that started them."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="raveval-plan")
+    try:
+        planned = pool.submit(make_plan, cfg)
+        start_ray(cfg, log)
+        return planned.result()
+    finally:
+        pool.shutdown(wait=False)  # an interrupt need not wait for the plan
 
 
 def _write_submissions(plan: Plan, results: pa.Table | None, work: WorkDir) -> list[str]:
