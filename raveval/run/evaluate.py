@@ -52,6 +52,8 @@ def new_run_id(model_name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+# The stored columns the summary and the submissions read.
+SUMMARY_READS = ["key", "subject", "row_id", "correct", "answer_pred", "error"]
 RUN_FILE = "run.json"  # the latest run on a work_dir: run id, host, pid, times, Serve app, status, replicas
 
 def _now() -> str:
@@ -127,7 +129,7 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) 
     stats.update(s)
     stats.setdefault("rows", 0)
     judgements = jstore.read() if flow.judged else None
-    results = store.read()
+    results = store.read(columns=SUMMARY_READS)  # not the prompts: a large run's summary reads a fraction
     summary, failed = summarize(plan, results, judgements)
     # A dataset that could not be loaded keeps the numbers of the last run that had it,
     # and the config of that run stays beside them.
