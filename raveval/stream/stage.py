@@ -10,11 +10,11 @@ fails becomes a result with `error` set, never a failed batch.
 
 Rows that finish while their call still runs are not held until it ends:
 every FLUSH_S each caller actor sends those of all its calls to the run's
-sink (stream.sink), which the driver empties as it goes; each call returns
-the rest. A short call (all
-rows back within FLUSH_S) sends nothing to the sink. Each row carries its
-index in the stream (ROW_INDEX), so rows sent twice (a caller that died
-after sending some, its batch computed again) are kept once.
+sink (stream.sink) in one message, which the driver empties as it goes; each
+call returns the rest. A short call (all rows back within FLUSH_S) sends
+nothing to the sink. Each row carries its index in the stream (ROW_INDEX),
+so rows sent twice (a caller that died after sending some, its batch
+computed again) are kept once.
 """
 from __future__ import annotations
 
