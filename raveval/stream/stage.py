@@ -52,7 +52,7 @@ class Caller:
         self.sink, self.channel = early or (None, None)
         self.calls: set[_Call] = set()  # the calls in flight, whose finished rows the flusher sends
         self.flusher: asyncio.Future | None = None  # one for the actor: one send per FLUSH_S for all its calls
-        self.lock: asyncio.Lock | None = None  # a call ends between sends, never during one
+        self.lock = asyncio.Lock()  # a call ends between sends, never during one
         self.flush_error: BaseException | None = None
 
     def process(self, rows: list[dict]) -> AsyncIterator[list[tuple[int, dict]]]:
@@ -61,8 +61,7 @@ class Caller:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         call = _Call(batch)
         if self.sink is not None:
-            if self.flusher is None:
-                self.lock = asyncio.Lock()
+            if self.flusher is None:  # started on the actor's event loop, with its first call
                 self.flusher = asyncio.ensure_future(self._flush())
             self.calls.add(call)
         try:
