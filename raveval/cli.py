@@ -381,6 +381,10 @@ def _report_after_run(works, top) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # raveval starts or joins Ray itself (stream.cluster.init_ray). Without this, a Ray call
+    # from one of the run's threads after Ray went (an interrupted run's) starts a new local
+    # Ray from that thread; with it, the call fails and the thread ends with the run.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     p = argparse.ArgumentParser(prog="raveval", description="Ray-native evaluation of large language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run an evaluation", description=(

@@ -121,6 +121,8 @@ def test_signal_ends_the_run_cleanly(tmp_path, signum, code):
     assert proc.returncode == code, err[-3000:]
     assert took < 10, f"took {took:.1f}s to stop"
     assert "Traceback" not in err, err[-3000:]
+    # No thread started a new Ray after the run's went (Ray warns when init runs off the main thread).
+    assert "not the main thread" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("raveval:")]
     assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0] and "resume" in lines[0], err
     deadline = time.monotonic() + 10
