@@ -442,19 +442,25 @@ def opencompass_config(set_name: str, files: dict, out: Path, model_dir: str, ba
     return path
 
 
+def _oc_dataset(path: str) -> str:
+    """The dataset of an OpenCompass predictions file: with several workers it splits
+    a dataset into parts, `<abbr>_<part>.json` (none of our abbrs ends in a number)."""
+    return re.sub(r"_\d+$", "", Path(path).stem)
+
+
 def opencompass_rows(out: Path) -> dict:
     """{dataset: [{prompt, text, gold, pred}]} from OpenCompass's predictions files."""
     rows: dict[str, list] = {}
     found = sorted(glob.glob(str(out / "*" / "predictions" / "*" / "*.json")))
     # OpenCompass exits 0 when a task failed: a dataset without predictions says so.
     want = [f"ceval_{m}-{s}" for s in SMALL_SUBJECTS for m in ("ll", "gen")] + ["gsm8k_gen"]
-    lacking = [w for w in want if w not in {Path(f).stem for f in found}]
+    lacking = [w for w in want if w not in {_oc_dataset(f) for f in found}]
     if lacking:
         logs = sorted(glob.glob(str(out / "*" / "logs" / "infer" / "*" / "*.out")))
         last = (Path(logs[-1]).read_text(errors="replace").strip().splitlines() or ["?"])[-1] if logs else "?"
         raise Skip(f"no predictions of {', '.join(lacking)}; last infer log line: {last[-200:]}")
     for f in found:
-        ds = Path(f).stem.split("-")[0]
+        ds = _oc_dataset(f).split("-")[0]
         for r in json.loads(Path(f).read_text(encoding="utf-8")).values():
             if ds.endswith("_ll"):
                 # Choice A's whole text (shots included): the prompt, then " A".
