@@ -146,10 +146,11 @@ class Stage:
             if got != f.type:
                 raise StageError(f"stage {self.name}: output column {f.name} is {got}, declared {f.type}")
 
-    def run(self, table: pa.Table, early: tuple) -> Iterator[pa.Table]:
+    def run(self, table: pa.Table, early: tuple, streams: set | None = None) -> Iterator[pa.Table]:
         """Stream the rows through the caller pool; yield what each call returns.
         `early`: (sink, channel) where the calls send the rows that finish before
-        them. Rows carry ROW_INDEX both ways (stream.waves merges them)."""
+        them. Rows carry ROW_INDEX both ways (stream.waves merges them). `streams`
+        gets the Ray Data dataset's id (stream.waves finds its executor by it)."""
         import ray
         from ray.data import ActorPoolStrategy
 
@@ -173,6 +174,8 @@ class Stage:
             compute=ActorPoolStrategy(size=pool_size(n, s), max_concurrent_calls_per_actor=s.calls_per_caller),
         )
         ds.set_name(self.name)  # what the dashboard shows for this stream
+        if streams is not None:
+            streams.add(ds.get_dataset_id().rsplit("_", 1)[0])  # less the execution's index
         batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
         try:
             yield from batches

@@ -29,8 +29,10 @@ import pyarrow as pa
 from raveval.stream.sink import TAKE_S, start_sink, take
 from raveval.stream.stage import ROW_INDEX, Stage
 
-# How long stop() waits for the waves' threads to reach their next batch and close their streams.
+# How long stop() waits for the waves' threads to end after their streams are shut down
+# (a signal's stop must be quick: `ray job stop` kills the driver 3 s after SIGTERM).
 STOP_WAIT_S = 5.0
+STOP_FAST_S = 2.0
 
 
 @dataclass(eq=False)
@@ -42,6 +44,7 @@ class Wave:
     thread: Optional[threading.Thread] = None
     stop: threading.Event = field(default_factory=threading.Event)
     seen: set = field(default_factory=set)  # ROW_INDEX of the rows delivered
+    streams: set = field(default_factory=set)  # its Ray Data dataset's id, once its stream starts
 
 
 @dataclass
@@ -92,19 +95,22 @@ class Waves:
         return event
 
     def stop(self, wait: bool = True) -> None:
-        """Every running wave closes its stream (Ray Data's executor with it) at its
-        next batch; with `wait`, waits a bounded time for that (Ray may be shut down next)."""
+        """End every running wave: shut down its stream (Ray Data's executor) and wait a
+        bounded time for its thread, and the sink's, to end. Ray is shut down next, and
+        a thread still inside Ray then makes Ray end the whole process with status 1.
+        `wait` False (a signal): a shorter bound, and the sink actor is left to Ray's end."""
         self.closing.set()
         for w in self.running:
             w.stop.set()
         if not wait:
-            # Ray goes next, maybe while a wave's thread is still starting its stream:
-            # Ray Data would log that abandoned stream's failure as a stack trace.
+            # A stream cut short while it starts would be logged as a stack trace.
             logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-        deadline = time.monotonic() + (STOP_WAIT_S if wait else 0.0)
-        for t in [w.thread for w in self.running] + [self.taker]:
-            if t is not None:
-                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        threads = [t for t in [w.thread for w in self.running] + [self.taker] if t is not None]
+        deadline = time.monotonic() + (STOP_WAIT_S if wait else STOP_FAST_S)
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            # Again each time: a wave's thread may have started its stream since.
+            _shut_down_streams({s for w in self.running for s in w.streams})
+            next(t for t in threads if t.is_alive()).join(timeout=0.1)
         self.running.clear()
         if wait and self.sink is not None:
             import ray
@@ -114,7 +120,7 @@ class Waves:
 
     def _consume(self, wave: Wave) -> None:
         try:
-            batches = wave.stage.run(wave.table, (self.sink, wave.channel))
+            batches = wave.stage.run(wave.table, (self.sink, wave.channel), wave.streams)
             try:
                 for batch in batches:
                     if wave.stop.is_set():
@@ -123,6 +129,8 @@ class Waves:
                         self._deliver(wave, batch)
             finally:
                 batches.close()  # in this thread: the generator is not running now
+            if wave.stop.is_set():  # its stream was shut down: no more calls to Ray
+                return
             with self.lock:  # every call has returned: the sink holds the wave's last early rows
                 for _, table in take(self.sink, wave.channel):
                     self._deliver(wave, table)
@@ -159,3 +167,15 @@ class Waves:
         if batch.num_rows:
             wave.stage.check_output(batch)
             self.events.put(Event(wave, batch))
+
+
+def _shut_down_streams(ids: set[str]) -> None:
+    """Shut down the running Ray Data executors of the datasets `ids` (not other runs'
+    in this process): their wave threads, waiting for the next batch, then see their
+    stream end at once instead of after the batch being computed. An executor is the
+    thread Ray Data names after its dataset's id and execution index."""
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    for t in threading.enumerate():
+        if isinstance(t, StreamingExecutor) and t.name.rsplit("_", 1)[0] in {f"StreamingExecutor-{i}" for i in ids}:
+            t.shutdown(force=True)
