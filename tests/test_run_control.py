@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,32 +100,58 @@ def _ray_processes(marker: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_signal_ends_the_run_cleanly(tmp_path, signum, code):
+# Ray's warning as Ray Data creates the callers' actors: the stream is starting then.
+STREAM_STARTS = "MapWorker(MapBatches(ModelCaller))"
+
+
+@pytest.mark.parametrize("signum, code, when", [(signal.SIGINT, 130, "rows"), (signal.SIGTERM, 143, "rows"),
+                                                (signal.SIGINT, 130, "stream")],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-as-the-stream-starts"])
+def test_signal_ends_the_run_cleanly(tmp_path, signum, code, when):
+    """`when` rows: Ray up, Serve deploying, rows on their way. `when` stream: 1 s after
+    Ray Data starts the callers, while the stream's threads are inside Ray (there a
+    thread calling Ray as it was shut down once made Ray end the process with status 1)."""
     tmp = tempfile.mkdtemp(prefix="rvsig-", dir="/tmp")  # this run's Ray lives under it
     env = {**os.environ, "RAY_TMPDIR": tmp}
     work = tmp_path / "w"
     proc = subprocess.Popen([sys.executable, "-m", "raveval", "run", "demo", f"work_dir={work}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines, started = [], threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if STREAM_STARTS in line:
+                started.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 240
-        while not _ray_processes(tmp) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(8)  # Ray up, Serve deploying, rows on their way
+        if when == "stream":
+            assert started.wait(240), f"no line with {STREAM_STARTS!r} (Ray's warning as the stream starts):\n" + \
+                "".join(lines)[-3000:]
+            time.sleep(1.0)
+        else:
+            deadline = time.monotonic() + 240
+            while not _ray_processes(tmp) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(8)  # Ray up, Serve deploying, rows on their way
         t0 = time.monotonic()
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=60)  # the rest of stderr
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = "".join(lines)
     assert proc.returncode == code, err[-3000:]
     assert took < 10, f"took {took:.1f}s to stop"
     assert "Traceback" not in err, err[-3000:]
     # No thread started a new Ray after the run's went (Ray warns when init runs off the main thread).
     assert "not the main thread" not in err, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("raveval:")]
-    assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0] and "resume" in lines[0], err
+    said = [line for line in err.splitlines() if line.startswith("raveval:")]
+    assert len(said) == 1 and f"stopped by {signal.Signals(signum).name}" in said[0] and "resume" in said[0], err
     deadline = time.monotonic() + 10
     while _ray_processes(tmp) and time.monotonic() < deadline:
         time.sleep(0.5)
