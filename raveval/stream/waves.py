@@ -174,8 +174,10 @@ def _shut_down_streams(ids: set[str]) -> None:
     in this process): their wave threads, waiting for the next batch, then see their
     stream end at once instead of after the batch being computed. An executor is the
     thread Ray Data names after its dataset's id and execution index."""
-    from ray.data._internal.execution.streaming_executor import StreamingExecutor
-
+    try:
+        from ray.data._internal.execution.streaming_executor import StreamingExecutor
+    except ImportError:  # another Ray Data: the waves then end at their next batch (stop's bound)
+        return
     for t in threading.enumerate():
         if isinstance(t, StreamingExecutor) and t.name.rsplit("_", 1)[0] in {f"StreamingExecutor-{i}" for i in ids}:
             t.shutdown(force=True)
