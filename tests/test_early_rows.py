@@ -162,3 +162,54 @@ def test_rows_sent_again_by_a_retried_call_are_kept_once(ray_local, tmp_path):
         waves.stop()
     assert os.path.exists(marker), "the caller never died: nothing was sent twice"
     assert sorted(r["x"] for r in got) == list(range(10)) and all(r["y"] == 2 * r["x"] for r in got)
+
+
+def test_a_stop_ends_its_own_streams_at_once_and_spares_another_runs(ray_local):
+    """Two runs' waves in one process (a multi-model run), their stages named alike:
+    stopping one ends its wave's thread within a second, its stream shut down while
+    its call still runs (Ray goes next: no thread may be inside Ray then), and the
+    other run's wave goes on and delivers every row."""
+    import asyncio
+
+    import pyarrow as pa
+
+    from raveval.config.schema import StreamConfig
+    from raveval.stream.stage import Caller, Stage
+    from raveval.stream.waves import Waves
+
+    class Slow(Caller):  # defined here: Ray pickles it by value for the workers
+        inputs = ["x"]
+        outputs = pa.schema([("y", pa.int64()), ("error", pa.string())])
+
+        def __init__(self, seconds: float, early=None):
+            super().__init__(early)
+            self.seconds = seconds
+
+        async def process(self, rows):
+            await asyncio.sleep(self.seconds)
+            yield [(i, {"y": 2 * r["x"]}) for i, r in enumerate(rows)]
+
+    settings = StreamConfig(batch_rows=10, callers=1, calls_per_caller=1)
+    stopped, spared = Waves(), Waves()
+    doomed = stopped.start("t", Stage("judge", Slow, {"seconds": 60.0}, settings), pa.table({"x": list(range(10))}))
+    spared.start("t", Stage("judge", Slow, {"seconds": 6.0}, settings), pa.table({"x": list(range(10))}))
+    got = []
+    try:
+        deadline = time.monotonic() + 120
+        while not doomed.streams and time.monotonic() < deadline:  # its stream has started
+            time.sleep(0.2)
+        time.sleep(2.0)  # its caller is in its 60 s call
+        t0 = time.monotonic()
+        stopped.stop(wait=False)
+        took = time.monotonic() - t0
+        assert not doomed.thread.is_alive() and took < 2.0, f"the stopped wave's thread still runs after {took:.1f}s"
+        while spared.running and time.monotonic() < deadline:
+            event = spared.next(1.0)
+            if event is not None and event.error is not None:
+                raise event.error
+            if event is not None and event.batch is not None:
+                got += event.batch.to_pylist()
+    finally:
+        stopped.stop()
+        spared.stop()
+    assert sorted(r["x"] for r in got) == list(range(10)) and all(r["y"] == 2 * r["x"] for r in got)
