@@ -178,6 +178,7 @@ def _shut_down_streams(ids: set[str]) -> None:
         from ray.data._internal.execution.streaming_executor import StreamingExecutor
     except ImportError:  # another Ray Data: the waves then end at their next batch (stop's bound)
         return
+    names = {f"StreamingExecutor-{i}" for i in ids}
     for t in threading.enumerate():
-        if isinstance(t, StreamingExecutor) and t.name.rsplit("_", 1)[0] in {f"StreamingExecutor-{i}" for i in ids}:
+        if isinstance(t, StreamingExecutor) and t.name.rsplit("_", 1)[0] in names:
             t.shutdown(force=True)
