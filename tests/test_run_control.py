@@ -4,6 +4,7 @@ what is missing, the exit status counts error rows, and SIGINT / SIGTERM end
 the run at once, cleanly, with nothing of its Ray left running."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +153,45 @@ def test_signal_ends_the_run_cleanly(tmp_path, signum, code, when):
     assert "not the main thread" not in err, err[-3000:]
     said = [line for line in err.splitlines() if line.startswith("raveval:")]
     assert len(said) == 1 and f"stopped by {signal.Signals(signum).name}" in said[0] and "resume" in said[0], err
+    deadline = time.monotonic() + 10
+    while _ray_processes(tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes(tmp), "left running:\n" + "\n".join(_ray_processes(tmp))
+
+
+def test_signal_ends_a_side_by_side_run_cleanly(tmp_path):
+    """Two models streaming side by side, each in its own thread of the driver: SIGINT
+    as their streams start ends both models' streams before Ray goes (a thread left
+    inside Ray made Ray end the process with status 1), and every run.json of the run
+    says `interrupted`."""
+    tmp = tempfile.mkdtemp(prefix="rvsig-", dir="/tmp")
+    models = tmp_path / "conf" / "model"
+    models.mkdir(parents=True)
+    for name in ("a", "b"):  # answers take a while (token_s), so the stop comes mid-stream
+        (models / f"inst_{name}.yaml").write_text(f"name: inst-{name}\nengine: instant\nnum_cpus: 0\ntoken_s: 0.05\n")
+    (tmp_path / "many.yaml").write_text("defaults:\n  - base\n  - datasets: [demo_mmlu_ll, demo_gsm8k_gen]\n"
+                                        f"  - _self_\nmodels: [inst_a, inst_b]\nwork_dir: {tmp_path}/work\n")
+    proc = subprocess.Popen([sys.executable, "-m", "raveval", "run", "many.yaml"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_TMPDIR": tmp})
+    lines = []
+    try:
+        for line in proc.stderr:  # until the first stream starts its callers
+            lines.append(line)
+            if STREAM_STARTS in line:
+                break
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    assert "Traceback" not in err and "FAILED" not in out, out[-2000:] + err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("raveval:")]
+    assert len(said) == 1 and "stopped by SIGINT" in said[0] and "inst-a" in said[0] and "inst-b" in said[0], err
+    for work in ("work", "work/inst-a", "work/inst-b"):
+        assert json.loads((tmp_path / work / "run.json").read_text())["status"] == "interrupted", work
     deadline = time.monotonic() + 10
     while _ray_processes(tmp) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -69,10 +70,11 @@ def replica_rows(served: Counter) -> list[dict]:
     return [{"replica": r, "node_id": n, "rows": c} for (n, r), c in sorted(served.items())]
 
 
-def run(cfg: RunConfig, log=print) -> RunResult:
+def run(cfg: RunConfig, log=print, stop: threading.Event | None = None) -> RunResult:
     """The whole evaluation: plan, stream what is not finished yet, judge, summarize.
     Holds the work_dir's lock throughout (`WorkDirLocked` if another run holds it);
-    the run's Serve app is named after its run id and deleted when the run ends."""
+    the run's Serve app is named after its run id and deleted when the run ends.
+    `stop`: another thread sets it to end the run (pipeline.Stopped is raised then)."""
     run_id = new_run_id(cfg.model.name)
     work = WorkDir(cfg.work_dir)
     with WorkDirLock(work, run_id, log=log):
@@ -84,7 +86,7 @@ def run(cfg: RunConfig, log=print) -> RunResult:
         ok, status = False, "interrupted"  # unless it finishes, or fails with an error
         served: Counter = Counter()  # (node, replica) -> rows, also for a run that stops early
         try:
-            result = _evaluate(cfg, work, run_id, log, served)
+            result = _evaluate(cfg, work, run_id, log, served, stop)
             record["serve_app"] = result.stats.get("serve_app", app)  # a warm deployment, if one served the run
             ok, status = True, "finished"
         except Exception:
@@ -106,7 +108,8 @@ def run(cfg: RunConfig, log=print) -> RunResult:
     return result
 
 
-def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) -> RunResult:
+def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter,
+              stop: threading.Event | None = None) -> RunResult:
     store = Store(work, log=log)
     plan = _plan_while_ray_starts(cfg, log) if _will_stream(cfg, store) else make_plan(cfg)
     stored = store.read(columns=["key", "dataset", "prediction", "error"]) if cfg.resume else None
@@ -123,7 +126,7 @@ def _evaluate(cfg: RunConfig, work: WorkDir, run_id: str, log, served: Counter) 
     stats = {"run_id": run_id, "reused": len(plan.requests) - len(todo) - len(bad)}
     _write_bad_rows(plan, store)
     jstore = Store(work, JUDGEMENTS)
-    flow = Pipeline(cfg, plan, store, jstore, answers, log, run_id=run_id, served=served)
+    flow = Pipeline(cfg, plan, store, jstore, answers, log, run_id=run_id, served=served, stop=stop)
     s = flow.run(todo, lambda judges, model: _preflight(cfg, judges, log, model=model))
     stats["reused"] += s.pop("reused", 0)  # later-turn rows count like the first turn's
     stats.update(s)

@@ -18,6 +18,7 @@ import datetime
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ from raveval.results.workdir import WorkDir
 from raveval.run.config import RunConfig, run_config
 
 WIDE_FILES = ("summary_wide.csv", "summary_wide.md")
+# How long a signal waits for the models' threads to end their streams: their pipelines
+# look up once a second (pipeline.POLL_S), then stop their waves within 2 s (waves.STOP_FAST_S).
+STOP_S = 4.0
 
 
 @dataclass
@@ -143,8 +147,7 @@ def run_models(many: ModelsRun, log=print) -> ModelsResult:
     """Evaluate every model (see the module's doc); hold the top-level work_dir's
     lock throughout (`WorkDirLocked` if another run holds it)."""
     # Ray and Serve load here, not when a config is read (--dry-run, config errors).
-    from raveval.run.evaluate import new_run_id, run
-    from raveval.stream.cluster import init_ray
+    from raveval.run.evaluate import new_run_id
 
     top = WorkDir(many.work_dir)
     run_id = new_run_id("models")
@@ -152,34 +155,12 @@ def run_models(many: ModelsRun, log=print) -> ModelsResult:
     with WorkDirLock(top, run_id, log=log):
         record = {"run_id": run_id, "models": {}, "started": _now(), "status": "running"}
         _write_record(top, record)
-        # Ray starts here, in the main thread: the models' threads find it running.
-        route = any(c.model.http_route for c in many.configs)
-        for line in init_ray(many.configs[0].ray_address, http_port=many.configs[0].http_port if route else None):
-            log(line)
-        import ray
-
-        side_by_side, why = placement(many.configs, ray.available_resources())
-        log(why)
-
-        def one(cfg: RunConfig) -> None:
-            name = cfg.model.name
-            try:
-                out.results[name] = run(cfg, log=lambda msg: log("\n".join(f"[{name}] {ln}" for ln in str(msg).split("\n"))))
-            except Exception as e:  # this model failed: the others go on
-                out.errors[name] = _reason(e)
-                log(f"[{name}] FAILED: {out.errors[name]}")
-
-        if side_by_side:
-            threads = [threading.Thread(target=one, args=(c,), name=f"raveval-{c.model.name}", daemon=True)
-                       for c in many.configs]
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=1.0)  # a signal reaches the main thread between the waits
-        else:
-            for c in many.configs:
-                one(c)
+        try:
+            side_by_side = _run_each(many, out, log)
+        except BaseException as e:  # a signal, or Ray itself failing: the record must not say running
+            _write_record(top, {**record, "finished": _now(),
+                                "status": "failed" if isinstance(e, Exception) else "interrupted"})
+            raise
         out.summary = _combined(many, out)
         out.files = _write_summaries(top, many.names, out.summary)
         record["models"] = {c.model.name: {"work_dir": c.work_dir,
@@ -189,6 +170,61 @@ def run_models(many: ModelsRun, log=print) -> ModelsResult:
         _write_record(top, {**record, "placement": "side by side" if side_by_side else "one after another",
                             "finished": _now(), "status": "failed" if out.errors else "finished"})
     return out
+
+
+def _run_each(many: ModelsRun, out: ModelsResult, log) -> bool:
+    """Run every model into `out` (results, errors), side by side when they fit; whether they did."""
+    from raveval.run.evaluate import run
+    from raveval.run.pipeline import Stopped
+    from raveval.stream.cluster import init_ray
+
+    # Ray starts here, in the main thread: the models' threads find it running.
+    route = any(c.model.http_route for c in many.configs)
+    for line in init_ray(many.configs[0].ray_address, http_port=many.configs[0].http_port if route else None):
+        log(line)
+    import ray
+
+    side_by_side, why = placement(many.configs, ray.available_resources())
+    log(why)
+
+    stop = threading.Event()  # set on a signal: the models' threads end their streams
+
+    def one(cfg: RunConfig, done: threading.Event | None = None) -> None:
+        name = cfg.model.name
+        try:
+            out.results[name] = run(cfg, log=lambda msg: log("\n".join(f"[{name}] {ln}" for ln in str(msg).split("\n"))),
+                                    stop=stop)
+        except Stopped:  # the main thread says why
+            pass
+        except Exception as e:  # this model failed: the others go on
+            out.errors[name] = _reason(e)
+            log(f"[{name}] FAILED: {out.errors[name]}")
+        finally:
+            if done is not None:
+                done.set()
+
+    if not side_by_side:
+        for c in many.configs:
+            one(c)
+        return False
+    # Each thread says when it is done: a join cut short by a signal can leave Python
+    # taking a thread that still runs for ended (is_alive() False, join() returns).
+    done = [threading.Event() for _ in many.configs]
+    for c, d in zip(many.configs, done):
+        threading.Thread(target=one, args=(c, d), name=f"raveval-{c.model.name}", daemon=True).start()
+    try:
+        for d in done:
+            while not d.wait(timeout=1.0):  # a signal reaches the main thread between the waits
+                pass
+    except BaseException:
+        # A signal: Ray goes next, and a model's thread still inside Ray then would
+        # make Ray end the process with status 1. Each ends its streams first.
+        stop.set()
+        deadline = time.monotonic() + STOP_S
+        for d in done:
+            d.wait(timeout=max(0.0, deadline - time.monotonic()))
+        raise
+    return True
 
 
 def _reason(e: Exception) -> str:

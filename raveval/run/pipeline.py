@@ -12,6 +12,7 @@ reused, the rest is asked.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -37,6 +38,11 @@ from raveval.tasks.request import Request, to_table
 MAX_WAVES = 2
 # How often the driver looks up from an idle queue (waves bound their own waits).
 POLL_S = 1.0
+
+
+class Stopped(BaseException):
+    """The run's `stop` event was set (a signal reached the main thread of a run whose
+    models stream side by side in their own threads): its streams end, then the run."""
 
 
 def start_ray(cfg: RunConfig, log=print) -> None:
@@ -100,10 +106,12 @@ class Model:
 
 class Pipeline:
     def __init__(self, cfg: RunConfig, plan: Plan, store: Store, jstore: Store, answers: dict[str, dict],
-                 log=print, *, run_id: str, served: Counter):
+                 log=print, *, run_id: str, served: Counter, stop: threading.Event | None = None):
         """`answers`: the stored results of the judged datasets' rows, by key
-        ({prediction, error}); `served` counts the rows each (node, replica) computed."""
+        ({prediction, error}); `served` counts the rows each (node, replica) computed;
+        `stop`: set by another thread to end the run (`Stopped`)."""
         self.cfg, self.plan, self.store, self.jstore, self.log = cfg, plan, store, jstore, log
+        self.stop = stop
         self.run_id, self.served = run_id, served
         self.answers = dict(answers)
         self.judged = {d.name: d for d in plan.datasets if d.cfg.judge is not None and not d.error}
@@ -210,6 +218,8 @@ class Pipeline:
             if self.to_model or self.to_judge:
                 start_ray(self.cfg, self.log)
             while True:
+                if self.stop is not None and self.stop.is_set():
+                    raise Stopped()
                 self._launch()
                 if not self.waves.running:
                     break
@@ -227,7 +237,7 @@ class Pipeline:
                 self._write_cannot_judge()
         except BaseException as e:
             # An early stop ends the streams before Ray goes. A signal's stop must be quick
-            # (`ray job stop` kills the driver 3 s after SIGTERM): no waiting for threads then.
+            # (`ray job stop` kills the driver 3 s after SIGTERM): a shorter wait then.
             self._close(wait=isinstance(e, Exception))
             raise
         self._close(wait=True)
