@@ -99,9 +99,10 @@ class Model:
 
     def close(self, wait: bool = True) -> None:
         if self.ready is not None:
-            self.ready.stop = True  # before Ray goes: the watcher would start it again
-            if wait:
-                self.ready.join(timeout=5)
+            # Before Ray goes: the watcher would start it again, and a thread still inside
+            # Ray as it goes makes Ray end the process. It looks up every 0.2 s.
+            self.ready.stop = True
+            self.ready.join(timeout=5 if wait else 1)
 
 
 class Pipeline:
