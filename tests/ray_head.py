@@ -32,10 +32,14 @@ class Head:
     dashboard: str | None  # http://127.0.0.1:PORT when started with the dashboard (ray job ...)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: each socket stays bound until all are chosen (a port
+    released at once can be handed out again: two of Ray's components once got one)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def descendants(root: int) -> list[int]:
@@ -74,9 +78,9 @@ def ray_head(dashboard: bool = False, num_cpus: int = 4, start_timeout_s: float 
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{tmp}/auth_token",
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    ports = {k: free_port() for k in ("port", "dashboard-port", "node-manager-port", "object-manager-port",
-                                       "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                       "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")}
+    names = ("port", "dashboard-port", "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
+    ports = dict(zip(names, free_ports(len(names))))
     cmd = [RAY, "start", "--head", "--block", f"--temp-dir={tmp}", f"--num-cpus={num_cpus}", "--num-gpus=0",
            f"--include-dashboard={'true' if dashboard else 'false'}", "--dashboard-host=127.0.0.1",
            "--object-store-memory=200000000", "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items())]
